@@ -1,0 +1,43 @@
+# Two commands: `make demo` and `make test`. Both set everything up from nothing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup system demo test lint typecheck pytest bench clean
+
+setup: $(STAMP) system
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Real Prometheus, promtool, Alertmanager and amtool for the tests and the stack.
+system:
+	@bash .ci/install-system.sh
+
+demo: setup
+	$(VENV)/bin/pathoai-memobs watch --seconds 5
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pathoai_memobs tests bench
+	$(VENV)/bin/ruff format --check pathoai_memobs tests bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy --strict pathoai_memobs
+
+pytest: setup
+	$(PY) -m pytest
+
+test: setup lint typecheck pytest
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Benchmarks: every speed or memory target of an issue, measured against its baseline."""

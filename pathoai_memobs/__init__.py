@@ -1,0 +1,27 @@
+"""pathoai-memobs: keep a deep-learning service out of OOM and make its memory visible.
+
+The reference's public names are importable from here. Exporters (Prometheus,
+OpenTelemetry) are never imported by ``import pathoai_memobs``; import them explicitly.
+"""
+
+from __future__ import annotations
+
+from .config import MemoryConfig
+from .defaults import MemoryManagementDefaults
+from .exceptions import ConfigError, InsufficientMemoryError, MemoryManagementError
+from .monitor import MemoryMonitor
+from .reading import MemoryMetrics, Reading
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "InsufficientMemoryError",
+    "MemoryConfig",
+    "MemoryManagementDefaults",
+    "MemoryManagementError",
+    "MemoryMetrics",
+    "MemoryMonitor",
+    "Reading",
+    "__version__",
+]

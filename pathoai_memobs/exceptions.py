@@ -1,0 +1,48 @@
+"""Error types. Every error the library raises on purpose derives from MemoryManagementError."""
+
+from __future__ import annotations
+
+
+class MemoryManagementError(Exception):
+    """Base class of every error raised by pathoai_memobs."""
+
+
+class ConfigError(MemoryManagementError, ValueError):
+    """A setting is invalid; ``variable`` names it (environment variable or field)."""
+
+    def __init__(self, variable: str, value: object, reason: str) -> None:
+        self.variable = variable
+        self.value = value
+        self.reason = reason
+        super().__init__(f"{variable}={value!r}: {reason}")
+
+
+class InsufficientMemoryError(MemoryManagementError):
+    """Admitting an operation would push available memory below the emergency floor.
+
+    ``retry_after_s`` is a hint for HTTP ``Retry-After`` when the refusal is due to
+    memory pressure that is expected to pass (``None`` when no hint applies).
+    """
+
+    def __init__(
+        self,
+        required_mb: float,
+        available_mb: float,
+        *,
+        floor_mb: float | None = None,
+        reserved_mb: float = 0.0,
+        retry_after_s: float | None = None,
+    ) -> None:
+        self.required_mb = required_mb
+        self.available_mb = available_mb
+        self.floor_mb = floor_mb
+        self.reserved_mb = reserved_mb
+        self.retry_after_s = retry_after_s
+        detail = f"required {required_mb:.1f} MB, available {available_mb:.1f} MB"
+        if reserved_mb:
+            detail += f", reserved by requests in flight {reserved_mb:.1f} MB"
+        if floor_mb is not None:
+            detail += f", emergency floor {floor_mb:.1f} MB"
+        if retry_after_s is not None:
+            detail += f"; retry after {retry_after_s:.0f} s"
+        super().__init__(f"insufficient memory: {detail}")

@@ -1,0 +1,138 @@
+"""MemoryMonitor: metrics in MiB, admission against the emergency floor, reservations."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pathoai_memobs import InsufficientMemoryError, MemoryConfig, MemoryMonitor
+from pathoai_memobs.reading import Reading, combine
+
+from .fstree import GIB, MIB, host_tree, v2_tree
+
+
+class FixedSampler:
+    """A sampler whose available memory the test sets (memory itself is not the subject)."""
+
+    def __init__(self, available: int, total: int = 8 * GIB) -> None:
+        self.available = available
+        self.total = total
+
+    def sample(self) -> Reading:
+        return combine(self.total, self.available, None, None, None, 0, time.time(), 0.0)
+
+
+def test_get_current_metrics_reports_mib_and_source(tmp_path: Path) -> None:
+    v2_tree(
+        tmp_path,
+        current=768 * MIB,
+        inactive_file=256 * MIB,
+        rss=64 * MIB,
+        limits={"/system.slice/app.service": str(2 * GIB)},
+    )
+    m = MemoryMonitor(MemoryConfig(), root=str(tmp_path)).get_current_metrics()
+    assert (m.total_mb, m.used_mb, m.available_mb) == (2048.0, 512.0, 1536.0)
+    assert m.percent_used == 25.0
+    assert m.process_rss_mb == 64.0
+    assert m.source == "cgroup_v2"
+    assert abs(m.timestamp - time.time()) < 5
+
+
+def test_live_metrics_are_sane() -> None:
+    m = MemoryMonitor(MemoryConfig()).get_current_metrics()
+    assert 0 < m.used_mb < m.total_mb
+    assert 0 < m.available_mb <= m.total_mb
+    assert 0 < m.percent_used < 100
+    assert m.process_rss_mb > 1
+    assert m.source in ("host", "cgroup_v1", "cgroup_v2")
+
+
+def test_check_memory_available_against_the_floor(tmp_path: Path) -> None:
+    host_tree(tmp_path, total=8 * GIB, available=2000 * MIB)
+    monitor = MemoryMonitor(MemoryConfig(), root=str(tmp_path))
+    assert monitor.check_memory_available(1500) is True  # 2000 - 1500 = 500 = floor
+    with pytest.raises(InsufficientMemoryError) as info:
+        monitor.check_memory_available(1500.5)
+    err = info.value
+    assert err.required_mb == pytest.approx(1500.5)
+    assert err.available_mb == pytest.approx(2000)
+    assert "1500.5" in str(err) and "2000.0" in str(err)
+
+
+def test_without_request_rejection_it_returns_false() -> None:
+    monitor = MemoryMonitor(
+        MemoryConfig(enable_request_rejection=False), sampler=FixedSampler(600 * MIB)
+    )
+    assert monitor.check_memory_available(100) is True
+    assert monitor.check_memory_available(101) is False
+
+
+@pytest.mark.parametrize("bad", [-1, -0.001, math.nan, math.inf, "100", None, True, [1]])
+def test_bad_required_mb_raises_value_error(bad: object) -> None:
+    monitor = MemoryMonitor(MemoryConfig(), sampler=FixedSampler(10 * GIB))
+    with pytest.raises(ValueError):
+        monitor.check_memory_available(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError), monitor.reserve(bad):  # type: ignore[arg-type]
+        pass
+    assert monitor.reserved_bytes == 0
+
+
+def test_reservations_are_held_until_the_block_ends() -> None:
+    monitor = MemoryMonitor(MemoryConfig(), sampler=FixedSampler(1500 * MIB))
+    with monitor.reserve(600):
+        assert monitor.reserved_bytes == 600 * MIB
+        with pytest.raises(InsufficientMemoryError) as info:
+            monitor.check_memory_available(600)
+        assert info.value.reserved_mb == pytest.approx(600)
+        assert monitor.check_memory_available(400)
+    assert monitor.reserved_bytes == 0
+    assert monitor.check_memory_available(1000)
+
+
+def test_a_reservation_is_released_when_the_block_raises() -> None:
+    monitor = MemoryMonitor(MemoryConfig(), sampler=FixedSampler(1500 * MIB))
+    with pytest.raises(RuntimeError), monitor.reserve(800):
+        raise RuntimeError("inference failed")
+    assert monitor.reserved_bytes == 0
+
+
+def test_sixteen_threads_never_over_admit() -> None:
+    capacity = 1000 * MIB  # available 1500 MiB minus the 500 MiB floor
+    monitor = MemoryMonitor(MemoryConfig(), sampler=FixedSampler(1500 * MIB))
+    held = 0
+    peak = 0
+    admitted = refused = 0
+    guard = threading.Lock()
+    start = threading.Barrier(16)
+
+    def worker(seed: int) -> None:
+        nonlocal held, peak, admitted, refused
+        start.wait()
+        for i in range(300):
+            amount = 50 + ((seed * 31 + i * 17) % 7) * 25  # 50..200 MiB
+            try:
+                with monitor.reserve(amount):
+                    with guard:
+                        held += amount * MIB
+                        peak = max(peak, held)
+                        admitted += 1
+                    time.sleep(0)
+                    with guard:
+                        held -= amount * MIB
+            except InsufficientMemoryError:
+                with guard:
+                    refused += 1
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert peak <= capacity
+    assert admitted > 0 and refused > 0  # the contention was real
+    assert monitor.reserved_bytes == 0
