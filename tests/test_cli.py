@@ -12,6 +12,7 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     return subprocess.run(
         [sys.executable, "-m", "pathoai_memobs", *args],
         capture_output=True,
+        check=False,
         text=True,
         timeout=60,
         env={**os.environ, **(env or {})},
