@@ -11,6 +11,7 @@ from .harness import table, write_section
 SUITES = {
     "sample": "bench.bench_sample",
     "import": "bench.bench_import",
+    "gc": "bench.bench_gc",
 }
 
 

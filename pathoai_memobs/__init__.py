@@ -9,6 +9,7 @@ from __future__ import annotations
 from .config import MemoryConfig
 from .defaults import MemoryManagementDefaults
 from .exceptions import ConfigError, InsufficientMemoryError, MemoryManagementError
+from .gc_manager import GarbageCollectionManager
 from .monitor import MemoryMonitor
 from .reading import MemoryMetrics, Reading
 
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "GarbageCollectionManager",
     "InsufficientMemoryError",
     "MemoryConfig",
     "MemoryManagementDefaults",
