@@ -42,9 +42,17 @@ def _freeze_rows() -> list[Row]:
         manager.unfreeze()
         del heap
         gc.collect()
-        rows.append(Row(f"full collection, {millions}M objects, after freeze()", frozen,
-                        unfrozen, "ms", ">= 50x faster", unfrozen / frozen >= 50,
-                        "same heap unfrozen"))  # fmt: skip
+        rows.append(
+            Row(
+                f"full collection, {millions}M objects, after freeze()",
+                frozen,
+                unfrozen,
+                "ms",
+                ">= 50x faster",
+                unfrozen / frozen >= 50,
+                "same heap unfrozen",
+            )
+        )
     return rows
 
 
@@ -67,8 +75,15 @@ def _timer_row() -> Row:
         timer.uninstall()
     base = statistics.median(without) * 1e6
     cost = statistics.median(with_timer) * 1e6 - base
-    return Row("pause timer, added cost per collection", cost, base, "us", "<= 2 us",
-               cost <= 2.0, "young collection without the timer")  # fmt: skip
+    return Row(
+        "pause timer, added cost per collection",
+        cost,
+        base,
+        "us",
+        "<= 2 us",
+        cost <= 2.0,
+        "young collection without the timer",
+    )
 
 
 def _workload() -> None:
@@ -84,8 +99,13 @@ def _workload() -> None:
 
 
 def _level_rows() -> tuple[list[Row], str]:
-    rows, lines = [], ["| level | thresholds | collections/s | GC share of time | wall (median) |",
-                       "|---|---|---:|---:|---:|"]  # fmt: skip
+    rows, lines = (
+        [],
+        [
+            "| level | thresholds | collections/s | GC share of time | wall (median) |",
+            "|---|---|---:|---:|---:|",
+        ],
+    )
     saved = gc.get_threshold()
     shares: dict[str, float] = {}
     for name, level in LEVELS.items():
@@ -110,8 +130,17 @@ def _level_rows() -> tuple[list[Row], str]:
         cells = [name, str(level.thresholds), f"{rate:,.0f}", f"{shares[name]:.1f} %"]
         lines.append("| " + " | ".join([*cells, f"{wall_ms:.0f} ms"]) + " |")
     for name in LEVELS:
-        rows.append(Row(f"level {name}: GC share of time", shares[name], shares["moderate"], "%",
-                        "informative", None, "moderate"))  # fmt: skip
+        rows.append(
+            Row(
+                f"level {name}: GC share of time",
+                shares[name],
+                shares["moderate"],
+                "%",
+                "informative",
+                None,
+                "moderate",
+            )
+        )
     return rows, "\n".join(lines)
 
 

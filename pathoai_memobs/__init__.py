@@ -8,10 +8,18 @@ from __future__ import annotations
 
 from .config import MemoryConfig
 from .defaults import MemoryManagementDefaults
-from .exceptions import ConfigError, InsufficientMemoryError, MemoryManagementError
+from .exceptions import (
+    ConfigError,
+    InsufficientMemoryError,
+    MemoryManagementError,
+    SessionMemoryLimitError,
+    SessionNotFoundError,
+)
 from .gc_manager import GarbageCollectionManager
 from .monitor import MemoryMonitor
 from .reading import MemoryMetrics, Reading
+from .session_manager import SessionData, SessionManager
+from .sizeof import mark_shared, register_sizeof, sizeof, unmark_shared
 
 __version__ = "0.1.0"
 
@@ -25,5 +33,13 @@ __all__ = [
     "MemoryMetrics",
     "MemoryMonitor",
     "Reading",
+    "SessionData",
+    "SessionManager",
+    "SessionMemoryLimitError",
+    "SessionNotFoundError",
     "__version__",
+    "mark_shared",
+    "register_sizeof",
+    "sizeof",
+    "unmark_shared",
 ]

@@ -46,3 +46,27 @@ class InsufficientMemoryError(MemoryManagementError):
         if retry_after_s is not None:
             detail += f"; retry after {retry_after_s:.0f} s"
         super().__init__(f"insufficient memory: {detail}")
+
+
+class SessionNotFoundError(MemoryManagementError, KeyError):
+    """No live session has that id (unknown, removed or expired). The id is not repeated."""
+
+    def __init__(self) -> None:
+        super().__init__("session not found (unknown, removed or expired)")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class SessionMemoryLimitError(MemoryManagementError):
+    """An update would take a session over its memory limit; the session is unchanged."""
+
+    def __init__(self, needed_bytes: int, limit_bytes: int, fingerprint: str = "") -> None:
+        self.needed_bytes = needed_bytes
+        self.limit_bytes = limit_bytes
+        self.fingerprint = fingerprint
+        who = f"session {fingerprint}" if fingerprint else "session"
+        super().__init__(
+            f"{who} would need {needed_bytes} bytes ({needed_bytes / 2**20:.1f} MB), "
+            f"over its limit of {limit_bytes} bytes ({limit_bytes / 2**20:.1f} MB)"
+        )

@@ -102,8 +102,11 @@ class GarbageCollectionManager:
         level = config.effective_gc_aggressiveness
         thresholds = None
         if level == "moderate":
-            thresholds = (config.gc_threshold_gen0, config.gc_threshold_gen1,
-                          config.gc_threshold_gen2)  # fmt: skip
+            thresholds = (
+                config.gc_threshold_gen0,
+                config.gc_threshold_gen1,
+                config.gc_threshold_gen2,
+            )
         return cls(level, thresholds=thresholds, enable_auto_gc=config.enable_auto_gc)
 
     # -- configuration ----------------------------------------------------------------------
@@ -199,8 +202,15 @@ class GarbageCollectionManager:
         share = self.gc_time_share()
         if share > self.max_gc_share:
             self.skipped[reason] += 1
-            return {"collected": 0, "uncollectable": 0, "duration_ms": 0.0, "generation": 2,
-                    "skipped": True, "gc_share": share, "reason": reason}  # fmt: skip
+            return {
+                "collected": 0,
+                "uncollectable": 0,
+                "duration_ms": 0.0,
+                "generation": 2,
+                "skipped": True,
+                "gc_share": share,
+                "reason": reason,
+            }
         stats = self.collect_with_stats(2, reason=reason)
         stats["gc_share"] = share
         return stats

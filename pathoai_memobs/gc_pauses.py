@@ -17,9 +17,23 @@ from typing import Any, Final
 
 #: Histogram bucket upper bounds in seconds, 0.1 ms to 10 s.
 PAUSE_BUCKETS: Final[tuple[float, ...]] = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-)  # fmt: skip
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 GENERATIONS: Final = 3
 
 

@@ -1,0 +1,472 @@
+"""SessionManager: sessions with timeouts, a per-session byte limit and exact accounting.
+
+Accounting: each key's value is measured once, when it is set (``sizeof.measure``). A
+session keeps, per identity (buffer, container), how many of its keys reach it; a buffer
+counts while at least one key does. So views of one image, or one object under two keys,
+are charged once, and an update costs the size of what it touches, never the number of
+sessions. Values mutated in place after being stored are not re-measured: store them again.
+
+Session ids are secrets: logs and metrics name a session by ``fingerprint`` (a keyed hash
+that cannot be reversed), never by id.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import hashlib
+import hmac
+import logging
+import math
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Final, Literal
+
+from .config import MemoryConfig
+from .exceptions import SessionMemoryLimitError, SessionNotFoundError
+from .sizeof import Charges, measure
+
+log = logging.getLogger("pathoai_memobs.sessions")
+
+GIB: Final = 1 << 30
+RemovalReason = Literal["timeout", "explicit", "emergency"]
+RemovalHook = Callable[[str, Mapping[str, Any], str], None]
+
+#: Upper bounds (bytes) of the session-size distribution, 1 MiB to 16 GiB.
+SIZE_BUCKETS: Final[tuple[int, ...]] = tuple(1 << p for p in range(20, 35, 2))
+
+_FINGERPRINT_KEY: Final = secrets.token_bytes(32)
+
+
+def fingerprint(session_id: str) -> str:
+    """A short, non-reversible name for a session (keyed per process), safe for logs."""
+    return hmac.new(_FINGERPRINT_KEY, session_id.encode(), hashlib.sha256).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class SessionData:
+    """A session as seen by the caller.
+
+    ``data`` is a read-only *live view* of the session's keys: it shows later updates, and
+    its values are the stored objects themselves, not copies. ``created_at`` and
+    ``last_access`` are epoch seconds; ``memory_bytes`` is host memory, ``device_memory_bytes``
+    accelerator memory (GPU tensors).
+    """
+
+    session_id: str
+    created_at: float
+    last_access: float
+    data: Mapping[str, Any]
+    memory_bytes: int
+    device_memory_bytes: int
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class SessionAggregates:
+    """What the exporters publish: no ids, only counts, sizes and fingerprints."""
+
+    active: int
+    total_bytes: int
+    device_bytes: int
+    largest_bytes: int
+    size_buckets: tuple[int, ...]  # non-cumulative counts per SIZE_BUCKETS slot (+ over)
+    top: tuple[tuple[str, int], ...]  # (fingerprint, bytes), largest first
+    created_total: int
+    removed_total: Mapping[str, int]
+    hook_failures_total: int
+
+
+class _Session:
+    __slots__ = (
+        "created_at",
+        "data",
+        "device",
+        "fp",
+        "host",
+        "keys",
+        "last_access",
+        "last_mono",
+        "pins",
+        "refs",
+        "sid",
+    )
+
+    def __init__(self, sid: str, now_mono: float, now_wall: float) -> None:
+        self.sid = sid
+        self.fp = fingerprint(sid)
+        self.created_at = self.last_access = now_wall
+        self.last_mono = now_mono
+        self.data: dict[str, Any] = {}
+        self.keys: dict[str, Charges] = {}
+        self.refs: dict[int, list[int]] = {}  # identity -> [bytes, keys reaching it, device]
+        self.host = 0
+        self.device = 0
+        self.pins = 0
+
+
+def _bucket(nbytes: int) -> int:
+    return bisect.bisect_left(SIZE_BUCKETS, nbytes)
+
+
+def _positive(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+class SessionManager:
+    """User sessions with an idle timeout and a per-session memory limit (GiB)."""
+
+    def __init__(
+        self,
+        timeout_minutes: float = 30,
+        max_memory_gb: float = 2.0,
+        *,
+        cleanup_interval_minutes: float = 5,
+        top_k: int = 10,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.timeout_s = _positive("timeout_minutes", timeout_minutes) * 60
+        self.max_memory_bytes = int(_positive("max_memory_gb", max_memory_gb) * GIB)
+        self.cleanup_interval_s = (
+            _positive("cleanup_interval_minutes", cleanup_interval_minutes) * 60
+        )
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0, got {top_k!r}")
+        self.top_k = top_k
+        self._clock = clock
+        self._wall = wall_clock
+        self._lock = threading.RLock()
+        self._sessions: dict[str, _Session] = {}
+        self._hooks: list[RemovalHook] = []
+        self._total_host = 0
+        self._total_device = 0
+        self._buckets = [0] * (len(SIZE_BUCKETS) + 1)
+        self._created = 0
+        self._removed: collections.Counter[str] = collections.Counter()
+        self._hook_failures = 0
+        self._sweeper: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @classmethod
+    def from_config(cls, config: MemoryConfig, **kwargs: Any) -> SessionManager:
+        return cls(
+            config.session_timeout_minutes,
+            config.max_session_memory_gb,
+            cleanup_interval_minutes=config.session_cleanup_interval_minutes,
+            **kwargs,
+        )
+
+    # -- the reference's API ----------------------------------------------------------------
+
+    def create_session(self) -> str:
+        """A new empty session; its id has 256 bits from ``secrets``."""
+        sid = secrets.token_urlsafe(32)
+        session = _Session(sid, self._clock(), self._wall())
+        with self._lock:
+            self._sessions[sid] = session
+            self._created += 1
+            self._buckets[_bucket(0)] += 1
+        return sid
+
+    def update_session(self, session_id: str, **data: Any) -> None:
+        """Merge ``data`` into the session; all or nothing.
+
+        Raises SessionNotFoundError for an unknown or expired id, and SessionMemoryLimitError
+        (leaving the session as it was) when the new total would exceed the limit.
+        """
+        measured = {key: measure(value) for key, value in data.items()}  # outside the lock
+        expired = None
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is not None and self._expired(session, self._clock()):
+                expired = self._detach(session, "timeout")
+                session = None
+            if session is not None:
+                new_host, new_device = self._recount(session, measured)
+                if new_host > self.max_memory_bytes:
+                    raise SessionMemoryLimitError(new_host, self.max_memory_bytes, session.fp)
+                self._apply(session, data, measured, new_host, new_device)
+        if expired is not None:
+            self._run_hooks(*expired)
+        if session is None:
+            raise SessionNotFoundError()
+
+    def get_session(self, session_id: str) -> SessionData | None:
+        """The session (refreshing its last access), or None if unknown or expired."""
+        expired = None
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None:
+                return None
+            now = self._clock()
+            if self._expired(session, now):
+                expired = self._detach(session, "timeout")
+            else:
+                self._touch(session, now)
+                return self._view(session)
+        self._run_hooks(*expired)
+        return None
+
+    def delete_session(self, session_id: str) -> bool:
+        """Remove a session now (reason "explicit"); False if there was none."""
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None:
+                return False
+            removed = self._detach(session, "explicit")
+        self._run_hooks(*removed)
+        return True
+
+    def cleanup_inactive_sessions(self) -> int:
+        """Remove sessions idle longer than the timeout (pinned ones stay); returns how many."""
+        now = self._clock()
+        with self._lock:
+            removed = [
+                self._detach(s, "timeout")
+                for s in list(self._sessions.values())
+                if self._expired(s, now)
+            ]
+        for item in removed:
+            self._run_hooks(*item)
+        return len(removed)
+
+    # -- beyond the reference ---------------------------------------------------------------
+
+    @contextmanager
+    def use(self, session_id: str) -> Iterator[SessionData]:
+        """Pin the session while a request works on it: no cleanup or eviction removes it."""
+        with self._lock:
+            session = self._sessions.get(session_id)
+            now = self._clock()
+            if session is None or self._expired(session, now):
+                raise SessionNotFoundError()
+            session.pins += 1
+            self._touch(session, now)
+            view = self._view(session)
+        try:
+            yield view
+        finally:
+            with self._lock:
+                session.pins -= 1
+                self._touch(session, self._clock())
+
+    def on_remove(self, callback: RemovalHook) -> None:
+        """Call ``callback(session_id, data, reason)`` on every removal (outside the lock)."""
+        with self._lock:
+            self._hooks.append(callback)
+
+    def evict_least_recently_used(
+        self, bytes_needed: int, *, reason: RemovalReason = "emergency"
+    ) -> int:
+        """Remove unpinned sessions, least recently used first, until ``bytes_needed`` are freed.
+
+        Returns the host bytes freed. Pinned sessions are never evicted.
+        """
+        with self._lock:
+            candidates = sorted(
+                (s for s in self._sessions.values() if s.pins == 0), key=lambda s: s.last_mono
+            )
+            removed, freed = [], 0
+            for session in candidates:
+                if freed >= bytes_needed:
+                    break
+                freed += session.host
+                removed.append(self._detach(session, reason))
+        for item in removed:
+            self._run_hooks(*item)
+        return freed
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def aggregates(self) -> SessionAggregates:
+        """Counts and sizes for the exporters; top-K by bytes named by fingerprint only."""
+        with self._lock:
+            sizes = [(s.host, s.fp) for s in self._sessions.values()]
+            buckets = tuple(self._buckets)
+            total, device = self._total_host, self._total_device
+            created, removed, failures = self._created, dict(self._removed), self._hook_failures
+        import heapq  # noqa: PLC0415 -- only the exporters need it
+
+        top = heapq.nlargest(self.top_k, sizes) if self.top_k else []
+        largest = top[0][0] if top else (max(sizes)[0] if sizes else 0)
+        return SessionAggregates(
+            active=len(sizes),
+            total_bytes=total,
+            device_bytes=device,
+            largest_bytes=largest,
+            size_buckets=buckets,
+            top=tuple((fp, n) for n, fp in top),
+            created_total=created,
+            removed_total=MappingProxyType(removed),
+            hook_failures_total=failures,
+        )
+
+    def recount_from_scratch(self) -> int:
+        """Total host bytes re-measured from the stored data (for checks, O(all data))."""
+        with self._lock:
+            total = 0
+            for session in self._sessions.values():
+                merged: dict[int, int] = {}
+                inline = 0
+                for key in session.data:
+                    charges = measure(session.data[key])
+                    inline += charges.inline
+                    merged.update(charges.tracked)
+                total += inline + sum(merged.values())
+            return total
+
+    # -- background sweeper -----------------------------------------------------------------
+
+    def start_sweeper(self, interval_s: float | None = None) -> None:
+        """Remove expired sessions every ``interval_s`` (default: the cleanup interval)."""
+        interval = (
+            self.cleanup_interval_s if interval_s is None else _positive("interval_s", interval_s)
+        )
+        with self._lock:
+            if self._sweeper is not None and self._sweeper.is_alive():
+                return
+            self._stop.clear()
+            self._sweeper = threading.Thread(
+                target=self._sweep, args=(interval,), name="pathoai-session-sweeper", daemon=True
+            )
+            self._sweeper.start()
+
+    def stop_sweeper(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        sweeper = self._sweeper
+        if sweeper is not None:
+            sweeper.join(timeout_s)
+        self._sweeper = None
+
+    def _sweep(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.cleanup_inactive_sessions()
+            except Exception:  # the sweeper must never die
+                log.exception("session sweep failed")
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _expired(self, session: _Session, now: float) -> bool:
+        return session.pins == 0 and now - session.last_mono > self.timeout_s
+
+    def _touch(self, session: _Session, now: float) -> None:
+        session.last_mono = now
+        session.last_access = self._wall()
+
+    def _view(self, session: _Session) -> SessionData:
+        return SessionData(
+            session.sid,
+            session.created_at,
+            session.last_access,
+            MappingProxyType(session.data),
+            session.host,
+            session.device,
+            session.fp,
+        )
+
+    @staticmethod
+    def _recount(session: _Session, measured: Mapping[str, Charges]) -> tuple[int, int]:
+        """(host, device) bytes if ``measured`` replaced those keys; changes nothing."""
+        delta: dict[int, int] = {}
+        sizes: dict[int, tuple[int, bool]] = {}
+        host, device = session.host, session.device
+        for key, new in measured.items():
+            old = session.keys.get(key)
+            if old is not None:
+                host -= old.inline
+                for ident in (*old.tracked, *old.device):
+                    delta[ident] = delta.get(ident, 0) - 1
+            host += new.inline
+            for ident, n in new.tracked.items():
+                delta[ident] = delta.get(ident, 0) + 1
+                sizes[ident] = (n, False)
+            for ident, n in new.device.items():
+                delta[ident] = delta.get(ident, 0) + 1
+                sizes[ident] = (n, True)
+        for ident, d in delta.items():
+            ref = session.refs.get(ident)
+            before = ref[1] if ref is not None else 0
+            after = before + d
+            if before == 0 and after > 0:
+                n, on_device = sizes[ident]
+            elif before > 0 and after == 0:
+                n, on_device = -ref[0], bool(ref[2])  # type: ignore[index]
+            else:
+                continue
+            if on_device:
+                device += n
+            else:
+                host += n
+        return host, device
+
+    def _apply(
+        self,
+        session: _Session,
+        data: Mapping[str, Any],
+        measured: Mapping[str, Charges],
+        host: int,
+        device: int,
+    ) -> None:
+        refs = session.refs
+        for key, new in measured.items():
+            old = session.keys.get(key)
+            for ident, n in (*new.tracked.items(), *new.device.items()):
+                ref = refs.get(ident)
+                if ref is None:
+                    refs[ident] = [n, 1, int(ident in new.device)]
+                else:
+                    ref[1] += 1
+            if old is not None:
+                for ident in (*old.tracked, *old.device):
+                    ref = refs[ident]
+                    ref[1] -= 1
+                    if ref[1] == 0:
+                        del refs[ident]
+            session.keys[key] = new
+            session.data[key] = data[key]
+        self._resize(session, host, device)
+        self._touch(session, self._clock())
+
+    def _resize(self, session: _Session, host: int, device: int) -> None:
+        self._buckets[_bucket(session.host)] -= 1
+        self._buckets[_bucket(host)] += 1
+        self._total_host += host - session.host
+        self._total_device += device - session.device
+        session.host, session.device = host, device
+
+    def _detach(
+        self, session: _Session, reason: str
+    ) -> tuple[str, Mapping[str, Any], str, str, int]:
+        """Remove from the tables (under the lock); hooks run later, outside it."""
+        del self._sessions[session.sid]
+        self._buckets[_bucket(session.host)] -= 1
+        self._total_host -= session.host
+        self._total_device -= session.device
+        self._removed[reason] += 1
+        return session.sid, MappingProxyType(session.data), reason, session.fp, session.host
+
+    def _run_hooks(
+        self, sid: str, data: Mapping[str, Any], reason: str, fp: str, nbytes: int
+    ) -> None:
+        log.info("session removed", extra={"session": fp, "reason": reason, "bytes": nbytes})
+        for hook in list(self._hooks):
+            try:
+                hook(sid, data, reason)
+            except Exception:
+                with self._lock:
+                    self._hook_failures += 1
+                log.exception(
+                    "session removal hook failed", extra={"session": fp, "reason": reason}
+                )
