@@ -12,6 +12,7 @@ SUITES = {
     "sample": "bench.bench_sample",
     "import": "bench.bench_import",
     "gc": "bench.bench_gc",
+    "sessions": "bench.bench_sessions",
 }
 
 

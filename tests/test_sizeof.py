@@ -9,8 +9,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pathoai_memobs import SessionManager, mark_shared, register_sizeof, sizeof, unmark_shared
-from pathoai_memobs.sizeof import MAX_ITEMS, measure
+from pathoai_memobs import SessionManager, mark_shared, register_sizeof, unmark_shared
+from pathoai_memobs.sizeof import MAX_ITEMS, measure, sizeof
 
 
 def test_builtins() -> None:
