@@ -8,6 +8,7 @@ timed by the process-wide pause timer (``gc_pauses.GC_PAUSES``).
 from __future__ import annotations
 
 import collections
+import functools
 import gc
 import threading
 import time
@@ -49,6 +50,7 @@ DEFAULT_MAX_GC_SHARE: Final = 0.05
 _SHARE_WINDOW_S: Final = 10.0
 
 
+@functools.cache
 def _load_malloc_trim() -> Callable[[int], int] | None:
     """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
     try:
@@ -91,7 +93,6 @@ class GarbageCollectionManager:
         self._lock = threading.Lock()
         self._saved: tuple[tuple[int, int, int], bool, bool] | None = None
         self._rss = ProcessReader()
-        self._trim: Callable[[int], int] | bool | None = False  # False: not looked up yet
         self._share_points: collections.deque[tuple[float, float]] = collections.deque()
         self.triggered: collections.Counter[str] = collections.Counter()
         self.skipped: collections.Counter[str] = collections.Counter()
@@ -217,10 +218,8 @@ class GarbageCollectionManager:
 
     def malloc_trim(self) -> bool:
         """Ask glibc to return free heap pages to the OS; False where unavailable."""
-        if self._trim is False:
-            self._trim = _load_malloc_trim()
-        trim = self._trim
-        if not callable(trim):
+        trim = _load_malloc_trim()  # looked up once per process
+        if trim is None:
             return False
         trim(0)
         return True

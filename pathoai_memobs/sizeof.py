@@ -94,16 +94,10 @@ class Sizer:
         """Charge a buffer identified by ``key`` (e.g. the id of the array that owns it)."""
         (self.charges.device if device else self.charges.tracked)[key] = nbytes
 
-    def seen(self, obj: object) -> bool:
-        return id(obj) in self.charges.tracked or id(obj) in _shared
-
     def visit(self, obj: object) -> None:
         """Measure ``obj`` and what it references."""
         t = type(obj)
-        if t in _SCALARS:
-            self.charges.inline += sys.getsizeof(obj)
-            return
-        if t is str and len(obj) < _SMALL_STR:  # type: ignore[arg-type]
+        if t in _SCALARS or (t is str and len(obj) < _SMALL_STR):  # type: ignore[arg-type]
             self.charges.inline += sys.getsizeof(obj)
             return
         if id(obj) in self.charges.tracked or id(obj) in _shared:
