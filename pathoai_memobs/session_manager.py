@@ -29,9 +29,8 @@ from typing import Any, Final, Literal
 
 from .config import MemoryConfig
 from .exceptions import SessionMemoryLimitError, SessionNotFoundError
+from .logging import MONITOR_ERROR, SESSION_HOOK_FAILED, SESSION_REMOVED, emit
 from .sizeof import Charges, measure
-
-log = logging.getLogger("pathoai_memobs.sessions")
 
 GIB: Final = 1 << 30
 RemovalReason = Literal["timeout", "explicit", "emergency"]
@@ -245,10 +244,19 @@ class SessionManager:
     @contextmanager
     def use(self, session_id: str) -> Iterator[SessionData]:
         """Pin the session while a request works on it: no cleanup or eviction removes it."""
+        expired = None
         with self._lock:
             session = self._sessions.get(session_id)
             now = self._clock()
-            if session is None or self._expired(session, now):
+            if session is not None and self._expired(session, now):
+                expired = self._detach(session, "timeout")
+                session = None
+        if session is None:
+            if expired is not None:
+                self._run_hooks(*expired)
+            raise SessionNotFoundError()
+        with self._lock:
+            if self._sessions.get(session_id) is not session:  # removed in between
                 raise SessionNotFoundError()
             session.pins += 1
             self._touch(session, now)
@@ -288,6 +296,10 @@ class SessionManager:
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    def removed_total(self, reason: str) -> int:
+        """Sessions removed so far for ``reason`` (timeout, explicit, emergency)."""
+        return self._removed[reason]
 
     def aggregates(self) -> SessionAggregates:
         """Counts and sizes for the exporters; top-K by bytes named by fingerprint only."""
@@ -353,8 +365,14 @@ class SessionManager:
         while not self._stop.wait(interval):
             try:
                 self.cleanup_inactive_sessions()
-            except Exception:  # the sweeper must never die
-                log.exception("session sweep failed")
+            except Exception as exc:  # the sweeper must never die
+                emit(
+                    logging.ERROR,
+                    MONITOR_ERROR,
+                    where="session_sweep",
+                    error=type(exc).__name__,
+                    exc_info=exc,
+                )
 
     # -- internals --------------------------------------------------------------------------
 
@@ -460,13 +478,18 @@ class SessionManager:
     def _run_hooks(
         self, sid: str, data: Mapping[str, Any], reason: str, fp: str, nbytes: int
     ) -> None:
-        log.info("session removed", extra={"session": fp, "reason": reason, "bytes": nbytes})
+        emit(logging.INFO, SESSION_REMOVED, session=fp, reason=reason, bytes=nbytes)
         for hook in list(self._hooks):
             try:
                 hook(sid, data, reason)
-            except Exception:
+            except Exception as exc:
                 with self._lock:
                     self._hook_failures += 1
-                log.exception(
-                    "session removal hook failed", extra={"session": fp, "reason": reason}
+                emit(
+                    logging.ERROR,
+                    SESSION_HOOK_FAILED,
+                    session=fp,
+                    reason=reason,
+                    error=type(exc).__name__,
+                    exc_info=exc,
                 )

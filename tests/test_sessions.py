@@ -299,5 +299,5 @@ def test_no_session_id_in_logs(caplog: pytest.LogCaptureFixture) -> None:
     m.update_session(sid, a=np.ones(10))
     clock.now += 120
     m.cleanup_inactive_sessions()
-    assert "session removed" in caplog.text
+    assert "session_removed" in caplog.text
     assert sid not in caplog.text

@@ -1,0 +1,175 @@
+"""Emergency cleanup: the registered callbacks, one run's record, and the running totals.
+
+A run is one action at a time, then a new measurement (as Ray's memory monitor does):
+the user's callbacks in priority order, then the built-in steps, stopping as soon as
+available memory is back above the floor. ``MemoryMonitor`` drives it; this module holds
+the pieces that do not need the monitor: records, totals, and running one callback inside
+its time budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from .logging import CLEANUP_CALLBACK_FAILED, CLEANUP_CALLBACK_OVERRAN, emit
+
+CleanupCallback = Callable[[], object]
+
+#: Upper bounds (seconds) of the run-duration histogram.
+DURATION_BUCKETS: Final[tuple[float, ...]] = (
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+#: Names of the built-in steps, run after the user's callbacks in this order.
+BUILTIN_STEPS: Final = ("expired_sessions", "full_collection", "evict_sessions")
+
+
+@dataclass
+class RegisteredCallback:
+    """A user callback with its order; ``worker`` is its thread while it overruns."""
+
+    name: str
+    fn: CleanupCallback
+    priority: int
+    seq: int
+    worker: threading.Thread | None = None
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one step of a run did: time taken, bytes of available memory it won back."""
+
+    name: str
+    duration_s: float
+    freed_bytes: int
+    ok: bool = True
+    overran: bool = False
+    skipped: bool = False
+
+
+@dataclass(frozen=True)
+class EmergencyRun:
+    """One emergency cleanup, from the reading that started it to the one that ended it."""
+
+    reason: str
+    started_at: float
+    duration_s: float
+    available_before: int
+    available_after: int
+    restored: bool
+    steps: tuple[StepResult, ...]
+
+    @property
+    def freed_bytes(self) -> int:
+        """Available memory won back over the run (0 when other work took more meanwhile)."""
+        return max(0, self.available_after - self.available_before)
+
+
+@dataclass
+class EmergencyTotals:
+    """Counters since start, for the exporters (a copy is handed out; never shared live)."""
+
+    runs: int = 0
+    freed_bytes: int = 0
+    duration_sum_s: float = 0.0
+    duration_buckets: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+    callback_failures: Counter[str] = field(default_factory=Counter)
+    callback_overruns: Counter[str] = field(default_factory=Counter)
+    evicted_sessions: int = 0
+    last: EmergencyRun | None = None
+
+    def record(self, run: EmergencyRun) -> None:
+        self.runs += 1
+        self.freed_bytes += run.freed_bytes
+        self.duration_sum_s += run.duration_s
+        self.duration_buckets[bisect_left(DURATION_BUCKETS, run.duration_s)] += 1
+        self.last = run
+
+    def copy(self) -> EmergencyTotals:
+        return EmergencyTotals(
+            self.runs,
+            self.freed_bytes,
+            self.duration_sum_s,
+            list(self.duration_buckets),
+            Counter(self.callback_failures),
+            Counter(self.callback_overruns),
+            self.evicted_sessions,
+            self.last,
+        )
+
+    def cumulative_buckets(self) -> list[int]:
+        """Cumulative counts per bound (Prometheus ``le`` order, +Inf last)."""
+        out, running = [], 0
+        for n in self.duration_buckets:
+            running += n
+            out.append(running)
+        return out
+
+
+def run_with_budget(
+    cb: RegisteredCallback,
+    budget_s: float,
+    totals: EmergencyTotals,
+    lock: threading.Lock,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[bool, bool, bool]:
+    """Run ``cb`` in its own thread, waiting at most ``budget_s``; (ok, overran, skipped).
+
+    A callback that raises is logged and counted. One that overruns is reported and left
+    to finish on its own (a Python thread cannot be killed); until it does, later runs
+    skip it rather than stack a second copy.
+    """
+    if cb.worker is not None and cb.worker.is_alive():
+        return False, False, True
+    failed = threading.Event()
+
+    def target() -> None:
+        try:
+            cb.fn()
+        except Exception as exc:
+            failed.set()
+            with lock:
+                totals.callback_failures[cb.name] += 1
+            emit(
+                logging.ERROR,
+                CLEANUP_CALLBACK_FAILED,
+                callback=cb.name,
+                error=type(exc).__name__,
+                exc_info=exc,
+            )
+
+    worker = threading.Thread(target=target, name=f"pathoai-cleanup-{cb.name}", daemon=True)
+    start = clock()
+    worker.start()
+    worker.join(budget_s)
+    if worker.is_alive():
+        cb.worker = worker
+        with lock:
+            totals.callback_overruns[cb.name] += 1
+        emit(
+            logging.WARNING,
+            CLEANUP_CALLBACK_OVERRAN,
+            callback=cb.name,
+            budget_s=budget_s,
+            waited_s=round(clock() - start, 3),
+        )
+        return False, True, False
+    cb.worker = None
+    return not failed.is_set(), False, False

@@ -1,0 +1,118 @@
+"""Structured events through structlog, delivered by stdlib logging, and their names.
+
+The library never configures logging by itself: events go to the stdlib logger
+``pathoai_memobs`` carrying their fields as a structlog event dict, so whatever the
+application set up receives them. ``configure_logging()`` is the one-call set-up for
+applications (and the CLI): JSON lines in production, a readable console in a terminal,
+with other libraries' stdlib records rendered the same way.
+
+Session ids are secrets: no event carries one. Sessions appear by fingerprint only.
+structlog is imported on the first event, so ``import pathoai_memobs`` stays light.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging as _stdlib
+import sys
+import threading
+import time
+from typing import Any, Final, Literal, TextIO
+
+LOGGER_NAME: Final = "pathoai_memobs"
+
+# Event names: public, stable, documented in docs/logging.md.
+LEVEL_CHANGED: Final = "memory_level_changed"
+EMERGENCY_CLEANUP: Final = "emergency_cleanup"
+CLEANUP_CALLBACK_FAILED: Final = "cleanup_callback_failed"
+CLEANUP_CALLBACK_OVERRAN: Final = "cleanup_callback_overran"
+PROACTIVE_GC: Final = "proactive_gc"
+REQUEST_REJECTED: Final = "request_rejected"
+SESSION_REMOVED: Final = "session_removed"
+SESSION_HOOK_FAILED: Final = "session_removal_hook_failed"
+MONITOR_ERROR: Final = "monitor_error"
+MONITOR_WAKEUPS: Final = "monitor_wakeups"
+
+Format = Literal["auto", "json", "console"]
+
+
+@functools.cache
+def _logger() -> Any:
+    import structlog  # noqa: PLC0415 -- 40 ms of import, paid on the first event only
+
+    return structlog.wrap_logger(
+        _stdlib.getLogger(LOGGER_NAME),
+        processors=[
+            structlog.processors.format_exc_info,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        wrapper_class=structlog.stdlib.BoundLogger,
+    )
+
+
+def emit(severity: int, event: str, /, **fields: Any) -> None:
+    """Send one structured event (no-op when the stdlib logger would drop that level)."""
+    if _stdlib.getLogger(LOGGER_NAME).isEnabledFor(severity):
+        _logger().log(severity, event, **fields)
+
+
+class RateLimit:
+    """At most one event per ``period_s``; counts what it held back, for the next one."""
+
+    def __init__(self, period_s: float = 1.0, clock: Any = time.monotonic) -> None:
+        self.period_s = period_s
+        self._clock = clock
+        self._next = 0.0
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def allow(self) -> int | None:
+        """The number of events suppressed since the last allowed one, or None to suppress."""
+        now = self._clock()
+        with self._lock:
+            if now < self._next:
+                self._held += 1
+                return None
+            self._next = now + self.period_s
+            held, self._held = self._held, 0
+            return held
+
+
+def configure_logging(
+    fmt: Format = "auto", level: int | str = "INFO", stream: TextIO | None = None
+) -> _stdlib.Handler:
+    """Install one handler on the root logger rendering every record as JSON or console.
+
+    ``auto`` picks console when ``stream`` is a terminal and JSON otherwise. Returns the
+    handler, so a caller (or a test) can remove it again.
+    """
+    import structlog  # noqa: PLC0415
+
+    out = stream if stream is not None else sys.stderr
+    if fmt == "auto":
+        fmt = "console" if out.isatty() else "json"
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    )
+    shared: list[Any] = [
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            *shared,
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+    )
+    handler = _stdlib.StreamHandler(out)
+    handler.setFormatter(formatter)
+    root = _stdlib.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler

@@ -1,0 +1,135 @@
+"""The pressure ladder as pure functions: levels, hysteresis, sampling pace, retry hints.
+
+Nothing here reads the OS or keeps state; ``MemoryMonitor`` feeds readings in and acts on
+what comes out, and tests replay recorded sequences through the same functions.
+
+Hysteresis (why a hovering reading does not flap): a level is entered at its threshold
+and left only once the reading is ``ratio_margin`` (2 points of used ratio) below it, or,
+for EMERGENCY, once available memory is ``floor_margin_bytes`` (a tenth of the floor,
+50 MB at the default 500 MB) above the floor.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import TYPE_CHECKING
+
+from .reading import MIB
+
+if TYPE_CHECKING:
+    from .config import MemoryConfig
+
+#: Fastest sampling pace, reached when memory is at or past a threshold (earlyoom's floor).
+MIN_INTERVAL_S = 0.1
+#: How fast memory is assumed to fill when deciding how soon to look again (bytes/s).
+#: A single thread touching fresh numpy pages manages 2 to 4 GB/s; 2 GiB/s keeps the
+#: next look ahead of all but the fastest allocators, and event wake-ups catch the rest.
+ASSUMED_FILL_RATE_BPS = 2 << 30
+
+
+class Level(IntEnum):
+    """Memory pressure levels, exported as ``pathoai_memory_pressure_level`` (0..3)."""
+
+    NORMAL = 0
+    WARNING = 1
+    CRITICAL = 2
+    EMERGENCY = 3
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Where the ladder's rungs are: used ratios in 0..1 and the available-bytes floor."""
+
+    warning_ratio: float = 0.85
+    critical_ratio: float = 0.90
+    floor_bytes: int = 500 * MIB
+    ratio_margin: float = 0.02
+    floor_margin_bytes: int = 50 * MIB
+
+    def __post_init__(self) -> None:
+        if not 0 < self.warning_ratio < self.critical_ratio <= 1:
+            raise ValueError(
+                f"need 0 < warning_ratio < critical_ratio <= 1, got "
+                f"{self.warning_ratio} and {self.critical_ratio}"
+            )
+        if self.floor_bytes < 0 or self.floor_margin_bytes < 0 or self.ratio_margin < 0:
+            raise ValueError("floor, floor margin and ratio margin must be >= 0")
+
+    @classmethod
+    def from_config(cls, config: MemoryConfig) -> Thresholds:
+        """The rungs of a validated config (percent and MB in, ratios and bytes out)."""
+        floor = math.ceil(config.emergency_cleanup_threshold_mb * MIB)
+        return cls(
+            warning_ratio=config.max_memory_percent / 100.0,
+            critical_ratio=config.proactive_gc_threshold / 100.0,
+            floor_bytes=floor,
+            floor_margin_bytes=floor // 10,
+        )
+
+    @property
+    def restored_bytes(self) -> int:
+        """Available bytes at which EMERGENCY ends: the floor plus its margin."""
+        return self.floor_bytes + self.floor_margin_bytes
+
+
+def classify(
+    used_ratio: float, available_bytes: int, t: Thresholds, previous: Level = Level.NORMAL
+) -> Level:
+    """The level for one reading, given the level before it (hysteresis on the way down)."""
+    if available_bytes < t.floor_bytes:
+        return Level.EMERGENCY
+    if previous is Level.EMERGENCY and available_bytes < t.restored_bytes:
+        return Level.EMERGENCY
+    if used_ratio >= t.critical_ratio:
+        return Level.CRITICAL
+    if previous >= Level.CRITICAL and used_ratio >= t.critical_ratio - t.ratio_margin:
+        return Level.CRITICAL
+    if used_ratio >= t.warning_ratio:
+        return Level.WARNING
+    if previous >= Level.WARNING and used_ratio >= t.warning_ratio - t.ratio_margin:
+        return Level.WARNING
+    return Level.NORMAL
+
+
+def headroom_bytes(total_bytes: int, used_bytes: int, available_bytes: int, t: Thresholds) -> int:
+    """Bytes that may still be allocated before the nearest rung not yet reached (0 at one)."""
+    room = available_bytes - t.floor_bytes
+    for ratio in (t.warning_ratio, t.critical_ratio):
+        distance = int(ratio * total_bytes) - used_bytes
+        if distance > 0:
+            room = min(room, distance)
+    return max(0, room)
+
+
+def next_interval(
+    headroom: int,
+    base_interval_s: float,
+    *,
+    min_interval_s: float = MIN_INTERVAL_S,
+    fill_rate_bps: float = ASSUMED_FILL_RATE_BPS,
+) -> float:
+    """How long to wait before the next sample: the time memory would take to fill the
+    headroom at ``fill_rate_bps``, between ``min_interval_s`` and the configured interval.
+
+    As earlyoom does: far from every rung the monitor sleeps its full interval; near one it
+    looks up to ten times a second.
+    """
+    low = min(min_interval_s, base_interval_s)
+    return max(low, min(base_interval_s, headroom / fill_rate_bps))
+
+
+def retry_after_s(
+    level: Level, interval_s: float, cooldown_left_s: float = 0.0, *, minimum_s: int = 1
+) -> int:
+    """Whole seconds a refused client should wait (HTTP ``Retry-After``).
+
+    In EMERGENCY, a cleanup is running or due after its cooldown, so the hint covers the
+    cooldown plus two samples to see its effect; otherwise memory is merely short for this
+    size, and the next samples will tell, so two intervals.
+    """
+    wait = 2 * interval_s
+    if level is Level.EMERGENCY:
+        wait += cooldown_left_s
+    return max(minimum_s, math.ceil(wait))

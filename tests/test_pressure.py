@@ -1,0 +1,130 @@
+"""The ladder as a pure function: recorded sequences, hysteresis margins, pacing, hints."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pathoai_memobs import MemoryConfig
+from pathoai_memobs.pressure import (
+    MIN_INTERVAL_S,
+    Level,
+    Thresholds,
+    classify,
+    headroom_bytes,
+    next_interval,
+    retry_after_s,
+)
+
+MIB = 1 << 20
+GIB = 1 << 30
+T = Thresholds()  # 85 %, 90 %, 500 MiB floor, 2 points and 50 MiB margins
+PLENTY = 8 * GIB
+
+
+def replay(ratios: list[float], available: list[int] | None = None) -> list[Level]:
+    """Feed a recorded sequence through classify, as the monitor does, level by level."""
+    avail = available if available is not None else [PLENTY] * len(ratios)
+    level, out = Level.NORMAL, []
+    for r, a in zip(ratios, avail, strict=True):
+        level = classify(r, a, T, level)
+        out.append(level)
+    return out
+
+
+def test_thresholds_come_from_the_config() -> None:
+    t = Thresholds.from_config(
+        MemoryConfig(
+            max_memory_percent=80, proactive_gc_threshold=95, emergency_cleanup_threshold_mb=1000
+        )
+    )
+    assert (t.warning_ratio, t.critical_ratio) == (0.80, 0.95)
+    assert t.floor_bytes == 1000 * MIB
+    assert t.floor_margin_bytes == 100 * MIB
+    assert Thresholds.from_config(MemoryConfig()) == T
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"warning_ratio": 0.9, "critical_ratio": 0.9}, {"floor_bytes": -1}]
+)
+def test_bad_thresholds_are_refused(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        Thresholds(**kwargs)  # type: ignore[arg-type]
+
+
+def test_each_rung_is_entered_at_its_threshold() -> None:
+    assert classify(0.849, PLENTY, T) is Level.NORMAL
+    assert classify(0.85, PLENTY, T) is Level.WARNING
+    assert classify(0.899, PLENTY, T) is Level.WARNING
+    assert classify(0.90, PLENTY, T) is Level.CRITICAL
+    assert classify(0.10, 500 * MIB, T) is Level.NORMAL  # at the floor is not below it
+    assert classify(0.10, 500 * MIB - 1, T) is Level.EMERGENCY
+
+
+def test_a_reading_hovering_at_85_percent_warns_once() -> None:
+    hovering = [0.80, 0.851, 0.849, 0.852, 0.848, 0.851, 0.846, 0.849]
+    levels = replay(hovering)
+    assert levels == [Level.NORMAL] + [Level.WARNING] * 7
+    crossings = sum(1 for a, b in itertools.pairwise(levels) if a != b)
+    assert crossings == 1
+
+
+def test_leaving_a_level_needs_the_margin() -> None:
+    down = [0.91, 0.89, 0.881, 0.879, 0.86, 0.831, 0.829]
+    assert replay(down) == [
+        Level.CRITICAL,
+        Level.CRITICAL,  # 0.89 >= 0.88
+        Level.CRITICAL,
+        Level.WARNING,  # below 0.88: leaves CRITICAL, still >= 0.85
+        Level.WARNING,
+        Level.WARNING,  # 0.831 >= 0.83
+        Level.NORMAL,
+    ]
+
+
+def test_emergency_ends_only_above_floor_plus_margin() -> None:
+    avail = [600 * MIB, 499 * MIB, 520 * MIB, 549 * MIB, 550 * MIB]
+    assert replay([0.5] * 5, avail) == [
+        Level.NORMAL,
+        Level.EMERGENCY,
+        Level.EMERGENCY,
+        Level.EMERGENCY,
+        Level.NORMAL,
+    ]
+
+
+def test_leaving_emergency_lands_on_the_ratio_level() -> None:
+    assert classify(0.95, 600 * MIB, T, Level.EMERGENCY) is Level.CRITICAL
+    assert classify(0.86, 600 * MIB, T, Level.EMERGENCY) is Level.WARNING
+
+
+@given(
+    st.floats(0, 1),
+    st.integers(0, 64 * GIB),
+    st.sampled_from(list(Level)),
+)
+def test_hysteresis_only_ever_holds_a_level_up(ratio: float, avail: int, prev: Level) -> None:
+    fresh = classify(ratio, avail, T)
+    held = classify(ratio, avail, T, prev)
+    assert fresh <= held <= max(fresh, prev)
+
+
+def test_sampling_speeds_up_near_a_rung() -> None:
+    total = 16 * GIB
+    far = headroom_bytes(total, 4 * GIB, 12 * GIB, T)
+    near = headroom_bytes(total, int(0.84 * total), int(0.16 * total), T)
+    assert far == int(0.85 * total) - 4 * GIB
+    assert next_interval(far, 1.0) == 1.0
+    assert next_interval(near, 1.0) < 0.1 + 1e-9
+    assert next_interval(0, 1.0) == MIN_INTERVAL_S
+    assert next_interval(0, 0.05) == 0.05  # never slower than configured
+    assert headroom_bytes(total, int(0.95 * total), 400 * MIB, T) == 0
+
+
+def test_retry_after_hint() -> None:
+    assert retry_after_s(Level.NORMAL, 1.0) == 2
+    assert retry_after_s(Level.EMERGENCY, 1.0, cooldown_left_s=3.2) == 6
+    assert retry_after_s(Level.NORMAL, 0.1) == 1

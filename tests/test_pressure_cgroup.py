@@ -1,0 +1,67 @@
+"""Real pressure in a real 1 GiB cgroup: OOM-killed without the manager, not with it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pathoai_memobs.cgroup_sandbox import MemoryCgroup
+
+GIB = 1 << 30
+WORKLOAD = str(Path(__file__).parent / "workloads" / "session_flood.py")
+
+
+def run(group: MemoryCgroup, *args: str) -> tuple[int, str, str]:
+    proc = group.popen(
+        [sys.executable, WORKLOAD, "--users", "12", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, out, err
+
+
+@pytest.mark.cgroup
+def test_without_the_manager_the_oom_killer_ends_the_service(
+    make_cgroup: Callable[[int], MemoryCgroup],
+) -> None:
+    group = make_cgroup(1 * GIB)
+    code, out, _ = run(group, "--bare")
+    assert code == -signal.SIGKILL
+    assert group.oom_kills() >= 1
+    assert "completed" not in out
+
+
+@pytest.mark.cgroup
+def test_with_the_manager_the_service_runs_to_its_end(
+    make_cgroup: Callable[[int], MemoryCgroup],
+) -> None:
+    group = make_cgroup(1 * GIB)
+    code, out, err = run(group)
+    assert code == 0, err[-2000:]
+    assert group.oom_kills() == 0
+    r = json.loads(out.splitlines()[-1])
+    assert r["completed"]
+    assert r["evicted"] >= 1 and r["rejected"] >= 1  # both defences were needed
+    assert r["hooked_emergency"] == r["evicted"] == r["evicted_by_monitor"]  # every one reported
+    assert r["hooked_ids_known"]
+    assert r["errors"] == {}
+    assert "cgroup_v1_threshold" in r["wakeup_sources"] or group.version == "cgroup_v2"
+    logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    kinds = {e["event"] for e in logs}
+    assert {"memory_level_changed", "emergency_cleanup", "session_removed"} <= kinds
+    assert all(e["reason"] == "emergency" for e in logs if e["event"] == "session_removed")
+    for sid in r["ids"]:
+        assert sid not in err  # a session id never reaches a log line
