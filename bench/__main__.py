@@ -13,6 +13,7 @@ SUITES = {
     "import": "bench.bench_import",
     "gc": "bench.bench_gc",
     "sessions": "bench.bench_sessions",
+    "monitor": "bench.bench_monitor",
 }
 
 

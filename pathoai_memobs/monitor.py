@@ -56,6 +56,11 @@ if TYPE_CHECKING:
     from .session_manager import SessionManager
 
 THREAD_NAME = "pathoai-memory-monitor"
+#: How long the monitor reuses cgroup limits before reading them again.
+LIMIT_TTL_S = 1.0
+#: At rest (NORMAL), PSI is read at most this often: avg10 moves slowly, and every read
+#: after a sleep costs tens of microseconds of cold kernel path.
+PSI_REST_PERIOD_S = 5.0
 
 
 class Sampler(Protocol):
@@ -120,7 +125,10 @@ class MemoryMonitor:
         self.thresholds = Thresholds.from_config(self.config)
         self._floor_bytes = self.thresholds.floor_bytes
         self._root = root
-        self._sampler: Sampler = sampler if sampler is not None else MemorySampler(root)
+        # Limits up the cgroup tree are re-read at most once a second (see MemorySampler).
+        self._sampler: Sampler = (
+            sampler if sampler is not None else MemorySampler(root, limit_ttl_s=LIMIT_TTL_S)
+        )
         self.sessions = sessions
         self._gc_manager = gc_manager
         self._use_wakeups = wakeups
@@ -139,6 +147,7 @@ class MemoryMonitor:
         self._reject_log = RateLimit(1.0, clock)
         self._pressure: Pressure | None = None
         self._psi: PsiReader | None = None
+        self._psi_next = 0.0
         if sampler is None:
             location = getattr(self._sampler, "cgroup", None)
             self._psi = PsiReader(psi_path(root, location.location if location else None))
@@ -424,6 +433,10 @@ class MemoryMonitor:
     def _read_psi(self) -> None:
         if self._psi is None:
             return
+        now = self._clock()
+        if self._level is Level.NORMAL and now < self._psi_next:
+            return
+        self._psi_next = now + PSI_REST_PERIOD_S
         try:
             self._pressure = self._psi.read()
         except (OSError, ValueError):

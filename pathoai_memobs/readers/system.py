@@ -24,7 +24,9 @@ class MemorySampler:
     """Takes full samples of the effective memory picture; every path is under ``root``.
 
     The cgroup is located once, at construction. ``cgroup=False`` ignores cgroups
-    (host-only view); a ``CgroupLocation`` overrides discovery.
+    (host-only view); a ``CgroupLocation`` overrides discovery. ``limit_ttl_s`` > 0 reuses
+    the limits read up the cgroup tree for that long (limits change rarely, and each file
+    is a syscall); 0, the default, reads them on every sample.
     """
 
     def __init__(
@@ -34,8 +36,12 @@ class MemorySampler:
         cgroup: CgroupLocation | bool = True,
         wall_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
+        limit_ttl_s: float = 0.0,
     ) -> None:
         self.root = root
+        self.limit_ttl_s = limit_ttl_s
+        self._limit: int | None = None
+        self._limit_until = -1.0
         self.host = HostReader(root)
         self.process = ProcessReader(root)
         location = find_memory_cgroup(root) if cgroup is True else (cgroup or None)
@@ -59,14 +65,20 @@ class MemorySampler:
         (one ``pread`` each) instead of going through the readers' methods.
         """
         host_total, host_available = parse_meminfo(_pread(self._meminfo_fd, 8192, 0))
-        limit = working_set = None
-        source = None
-        for fd in self._limit_fds:
-            data = _pread(fd, 64, 0)
-            if data[:1].isdigit():  # "max" (v2) is unlimited
-                value = int(data)
-                if value < UNLIMITED_AT and (limit is None or value < limit):
-                    limit = value
+        working_set = source = None
+        now = self._clock()
+        if now < self._limit_until:
+            limit = self._limit
+        else:
+            limit = None
+            for fd in self._limit_fds:
+                data = _pread(fd, 64, 0)
+                if data[:1].isdigit():  # "max" (v2) is unlimited
+                    value = int(data)
+                    if value < UNLIMITED_AT and (limit is None or value < limit):
+                        limit = value
+            if self.limit_ttl_s > 0:
+                self._limit, self._limit_until = limit, now + self.limit_ttl_s
         cgroup = self.cgroup
         if limit is not None and limit < host_total and cgroup is not None:
             usage = int(_pread(self._usage_fd, 64, 0))
@@ -81,7 +93,7 @@ class MemorySampler:
             working_set,
             parse_statm_rss(_pread(self._statm_fd, 256, 0)),
             self._wall_clock(),
-            self._clock(),
+            now,
         )
 
     def close(self) -> None:

@@ -1,0 +1,75 @@
+"""Which requests need how much memory: a table the app writes, matched without regexes.
+
+Keys are ``"/path"`` (any method), ``"METHOD /path"``, or a prefix ending in ``*``
+(``"POST /slides/*"``). An exact path wins over a prefix, a longer prefix over a shorter
+one, and a method-specific entry over an any-method one. Values are MiB, as in the
+reference's ``check_memory_available(required_mb)``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..exceptions import InsufficientMemoryError
+from ..monitor import to_bytes_mb
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    """Compiled route marks: exact paths and prefixes, each by method (None: any)."""
+
+    exact: Mapping[tuple[str | None, str], float]
+    prefixes: tuple[tuple[str | None, str, float], ...]
+
+    @classmethod
+    def compile(cls, routes: Mapping[str, float]) -> RouteTable:
+        """Validate and compile; a bad key or amount raises ValueError naming it."""
+        exact: dict[tuple[str | None, str], float] = {}
+        prefixes: list[tuple[str | None, str, float]] = []
+        for key, mb in routes.items():
+            to_bytes_mb(mb, f"memory for route {key!r}")
+            method, _, path = key.strip().rpartition(" ")
+            method_key = method.upper() or None
+            if method_key is not None and method_key not in _METHODS:
+                raise ValueError(f"route {key!r}: unknown method {method!r}")
+            if not path.startswith("/"):
+                raise ValueError(f"route {key!r}: the path must start with '/'")
+            if path.endswith("*"):
+                prefixes.append((method_key, path[:-1], float(mb)))
+            else:
+                exact[(method_key, path)] = float(mb)
+        prefixes.sort(key=lambda p: (-len(p[1]), p[0] is None))
+        return cls(exact, tuple(prefixes))
+
+    def need(self, method: str, path: str) -> float | None:
+        """MiB the request needs, or None when the route is not marked."""
+        for key in ((method, path), (None, path)):
+            if key in self.exact:
+                return self.exact[key]
+        for m, prefix, mb in self.prefixes:
+            if (m is None or m == method) and path.startswith(prefix):
+                return mb
+        return None
+
+
+def refusal(exc: InsufficientMemoryError) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The 503 answer: status, headers (with Retry-After) and a small JSON body."""
+    retry = max(1, round(exc.retry_after_s or 1))
+    body = json.dumps(
+        {
+            "error": "insufficient_memory",
+            "detail": "the service is short of memory; retry later",
+            "retry_after_s": retry,
+        }
+    ).encode()
+    headers = [
+        ("content-type", "application/json"),
+        ("retry-after", str(retry)),
+        ("content-length", str(len(body))),
+        ("cache-control", "no-store"),
+    ]
+    return 503, headers, body

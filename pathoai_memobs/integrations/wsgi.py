@@ -1,0 +1,66 @@
+"""WSGI admission middleware (Flask, Django, gunicorn sync workers): 503 + Retry-After."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from typing import Any
+
+from ..exceptions import InsufficientMemoryError
+from ..monitor import MemoryMonitor
+from .routes import RouteTable, refusal
+
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+_REASON = {503: "Service Unavailable"}
+
+
+class _Releasing:
+    """The app's response iterable; the reservation ends when the server closes it."""
+
+    def __init__(self, inner: Iterable[bytes], reservation: AbstractContextManager[None]) -> None:
+        self._inner = inner
+        self._reservation: AbstractContextManager[None] | None = reservation
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._inner)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._inner, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if self._reservation is not None:
+                self._reservation.__exit__(None, None, None)
+                self._reservation = None
+
+
+class MemoryAdmissionMiddleware:
+    """Reserve the marked memory for each marked request, or answer 503 without calling
+    the app. ``app.wsgi_app = MemoryAdmissionMiddleware(app.wsgi_app, monitor, routes)``
+    """
+
+    def __init__(self, app: WSGIApp, monitor: MemoryMonitor, routes: Mapping[str, float]) -> None:
+        self.app = app
+        self.monitor = monitor
+        self.routes = RouteTable.compile(routes)
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        mb = self.routes.need(environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "/"))
+        if mb is None:
+            return self.app(environ, start_response)
+        reservation = self.monitor.reserve(mb)
+        try:
+            reservation.__enter__()
+        except InsufficientMemoryError as exc:
+            status, headers, body = refusal(exc)
+            start_response(f"{status} {_REASON[status]}", headers)
+            return [body]
+        try:
+            result = self.app(environ, start_response)
+        except BaseException:
+            reservation.__exit__(None, None, None)
+            raise
+        return _Releasing(result, reservation)

@@ -1,0 +1,135 @@
+"""Admission middleware in real Starlette and a real WSGI server: 503 + Retry-After."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from pathoai_memobs import MemoryConfig, MemoryMonitor
+from pathoai_memobs.integrations.asgi import MemoryAdmissionMiddleware as ASGIAdmission
+from pathoai_memobs.integrations.routes import RouteTable
+from pathoai_memobs.integrations.wsgi import MemoryAdmissionMiddleware as WSGIAdmission
+from pathoai_memobs.reading import Reading, combine
+
+MIB = 1 << 20
+GIB = 1 << 30
+
+
+class Settable:
+    def __init__(self, available: int) -> None:
+        self.available = available
+
+    def sample(self) -> Reading:
+        return combine(8 * GIB, self.available, None, None, None, 0, time.time(), 0.0)
+
+
+def test_route_table_matching_and_validation() -> None:
+    t = RouteTable.compile(
+        {"POST /analyze": 1500, "/analyze": 10, "/slides/*": 200, "PUT /slides/big/*": 900}
+    )
+    assert t.need("POST", "/analyze") == 1500
+    assert t.need("GET", "/analyze") == 10
+    assert t.need("GET", "/slides/1") == 200
+    assert t.need("PUT", "/slides/big/2") == 900
+    assert t.need("GET", "/slides/big/2") == 200
+    assert t.need("GET", "/health") is None
+    for bad in ({"analyze": 1}, {"FETCH /x": 1}, {"/x": -1}, {"/x": float("nan")}):
+        with pytest.raises(ValueError):
+            RouteTable.compile(bad)
+
+
+@pytest.fixture
+def monitor_and_memory() -> tuple[MemoryMonitor, Settable]:
+    memory = Settable(4 * GIB)
+    return MemoryMonitor(MemoryConfig(), sampler=memory, emergency_cooldown_s=60), memory
+
+
+def starlette_app(monitor: MemoryMonitor, seen: list[int]) -> Starlette:
+    async def analyze(request: Request) -> JSONResponse:
+        seen.append(monitor.reserved_bytes)
+        return JSONResponse({"ok": True})
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/analyze", analyze, methods=["POST"]), Route("/health", health)])
+    app.add_middleware(ASGIAdmission, monitor=monitor, routes={"POST /analyze": 1500})
+    return app
+
+
+def test_asgi_admits_reserves_and_refuses(
+    monitor_and_memory: tuple[MemoryMonitor, Settable],
+) -> None:
+    monitor, memory = monitor_and_memory
+    seen: list[int] = []
+    with TestClient(starlette_app(monitor, seen)) as client:
+        assert client.post("/analyze").status_code == 200
+        assert seen == [1500 * MIB]  # held while the endpoint ran
+        assert monitor.reserved_bytes == 0  # released after the response
+        memory.available = 1800 * MIB  # 1800 - 1500 < 500: refused
+        r = client.post("/analyze")
+        assert r.status_code == 503
+        assert int(r.headers["retry-after"]) >= 1
+        assert r.json()["error"] == "insufficient_memory"
+        assert client.get("/health").status_code == 200  # unmarked routes pass
+        memory.available = 400 * MIB  # EMERGENCY
+        assert client.post("/analyze").status_code == 503
+    assert monitor.requests_rejected_total == 2
+    assert len(seen) == 1
+
+
+@pytest.fixture
+def wsgi_server(
+    monitor_and_memory: tuple[MemoryMonitor, Settable],
+) -> Iterator[tuple[str, MemoryMonitor, Settable, list[int]]]:
+    monitor, memory = monitor_and_memory
+    seen: list[int] = []
+
+    def app(environ: dict[str, object], start_response: object) -> list[bytes]:
+        seen.append(monitor.reserved_bytes)
+        start_response("200 OK", [("content-type", "text/plain")])  # type: ignore[operator]
+        return [b"done"]
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = make_server(
+        "127.0.0.1", 0, WSGIAdmission(app, monitor, {"/analyze": 800}), handler_class=Quiet
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", monitor, memory, seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_wsgi_admits_reserves_and_refuses(
+    wsgi_server: tuple[str, MemoryMonitor, Settable, list[int]],
+) -> None:
+    url, monitor, memory, seen = wsgi_server
+    with urllib.request.urlopen(url + "/analyze", timeout=5) as r:
+        assert r.status == 200 and r.read() == b"done"
+    assert seen == [800 * MIB] and monitor.reserved_bytes == 0
+    memory.available = 1000 * MIB
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(url + "/analyze", timeout=5)
+    assert err.value.code == 503
+    assert int(err.value.headers["Retry-After"]) >= 1
+    with urllib.request.urlopen(url + "/other", timeout=5) as r:
+        assert r.status == 200
+    assert monitor.reserved_bytes == 0
