@@ -496,6 +496,12 @@ class MemoryMonitor:
             self._callbacks.append(RegisteredCallback(name, fn, priority, seq))
             self._callbacks.sort(key=lambda cb: (cb.priority, cb.seq))
 
+    @property
+    def cleanup_callback_names(self) -> tuple[str, ...]:
+        """Registered callback names, in the order they run."""
+        with self._lock:
+            return tuple(cb.name for cb in self._callbacks)
+
     def unregister_cleanup_callback(self, name: str) -> bool:
         with self._lock:
             before = len(self._callbacks)

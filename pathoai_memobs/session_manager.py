@@ -155,6 +155,11 @@ class SessionManager:
         self._hook_failures = 0
         self._sweeper: threading.Thread | None = None
         self._stop = threading.Event()
+        # The largest sessions, kept incrementally so a scrape costs O(K), not O(sessions):
+        # growth enters the set directly; a member shrinking or leaving marks it stale, and
+        # the next read rebuilds it in one pass.
+        self._top: dict[str, _Session] = {}
+        self._top_stale = False
 
     @classmethod
     def from_config(cls, config: MemoryConfig, **kwargs: Any) -> SessionManager:
@@ -175,6 +180,7 @@ class SessionManager:
             self._sessions[sid] = session
             self._created += 1
             self._buckets[_bucket(0)] += 1
+            self._top_note(session, grew=True)
         return sid
 
     def update_session(self, session_id: str, **data: Any) -> None:
@@ -302,23 +308,24 @@ class SessionManager:
         return self._removed[reason]
 
     def aggregates(self) -> SessionAggregates:
-        """Counts and sizes for the exporters; top-K by bytes named by fingerprint only."""
+        """Counts and sizes for the exporters; top-K by bytes named by fingerprint only.
+
+        O(K) while the largest sessions only grow; one O(sessions) pass after a member of
+        the top set shrank or left.
+        """
         with self._lock:
-            sizes = [(s.host, s.fp) for s in self._sessions.values()]
+            ranked = [(s.fp, s.host) for s in self._top_sessions()]
+            active = len(self._sessions)
             buckets = tuple(self._buckets)
             total, device = self._total_host, self._total_device
             created, removed, failures = self._created, dict(self._removed), self._hook_failures
-        import heapq  # noqa: PLC0415 -- only the exporters need it
-
-        top = heapq.nlargest(self.top_k, sizes) if self.top_k else []
-        largest = top[0][0] if top else (max(sizes)[0] if sizes else 0)
         return SessionAggregates(
-            active=len(sizes),
+            active=active,
             total_bytes=total,
             device_bytes=device,
-            largest_bytes=largest,
+            largest_bytes=ranked[0][1] if ranked else 0,
             size_buckets=buckets,
-            top=tuple((fp, n) for n, fp in top),
+            top=tuple(ranked[: self.top_k]),
             created_total=created,
             removed_total=MappingProxyType(removed),
             hook_failures_total=failures,
@@ -462,13 +469,50 @@ class SessionManager:
         self._buckets[_bucket(host)] += 1
         self._total_host += host - session.host
         self._total_device += device - session.device
+        grew = host >= session.host
         session.host, session.device = host, device
+        self._top_note(session, grew=grew)
+
+    def _top_size(self) -> int:
+        return max(self.top_k, 1)  # the largest is always tracked, for its own gauge
+
+    def _top_note(self, session: _Session, *, grew: bool) -> None:
+        """Keep the top set right after ``session`` changed size (under the lock)."""
+        if self._top_stale:
+            return
+        top = self._top
+        if session.sid in top:
+            if not grew and len(self._sessions) > len(top):
+                self._top_stale = True  # an outsider may now be larger
+            return
+        if len(top) < self._top_size():
+            top[session.sid] = session
+            return
+        smallest = min(top.values(), key=lambda s: s.host)
+        if session.host > smallest.host:
+            del top[smallest.sid]
+            top[session.sid] = session
+
+    def _top_sessions(self) -> list[_Session]:
+        """The tracked largest sessions, largest first (rebuilt here when stale)."""
+        if self._top_stale:
+            import heapq  # noqa: PLC0415
+
+            best = heapq.nlargest(self._top_size(), self._sessions.values(), key=lambda s: s.host)
+            self._top = {s.sid: s for s in best}
+            self._top_stale = False
+        return sorted(self._top.values(), key=lambda s: s.host, reverse=True)
 
     def _detach(
         self, session: _Session, reason: str
     ) -> tuple[str, Mapping[str, Any], str, str, int]:
         """Remove from the tables (under the lock); hooks run later, outside it."""
         del self._sessions[session.sid]
+        if (
+            self._top.pop(session.sid, None) is not None
+            and len(self._sessions) >= len(self._top) + 1
+        ):
+            self._top_stale = True  # a member left while others wait outside
         self._buckets[_bucket(session.host)] -= 1
         self._total_host -= session.host
         self._total_device -= session.device

@@ -54,6 +54,7 @@ def test_from_config() -> None:
 
 
 def test_configure_applies_and_restore_puts_back() -> None:
+    GC_PAUSES.uninstall()  # an exporter built by an earlier test may have installed it
     gc.set_threshold(1234, 11, 12)
     gc.enable()
     manager = GarbageCollectionManager("high", enable_auto_gc=False)
@@ -224,6 +225,7 @@ def test_freeze_makes_full_collections_much_cheaper() -> None:
     assert manager.frozen_count() == frozen
     after = full_ms()
     assert unfrozen / after >= 20, (unfrozen, after)
-    assert manager.unfreeze() == frozen
+    # Frozen objects freed meanwhile (by any thread) leave the permanent generation.
+    assert frozen - 1000 <= manager.unfreeze() <= frozen
     assert manager.frozen_count() == 0
     del heap

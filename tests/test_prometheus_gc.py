@@ -18,8 +18,13 @@ from pathoai_memobs.gc_pauses import PauseTimer
 
 def _exposition(timer: PauseTimer, manager: GarbageCollectionManager) -> bytes:
     registry = CollectorRegistry()
-    registry.register(GCCollector(timer, manager))
-    return generate_latest(registry)
+    was_installed = timer.installed
+    registry.register(GCCollector(timer, manager))  # installs the timer
+    try:
+        return generate_latest(registry)
+    finally:
+        if not was_installed:
+            timer.uninstall()
 
 
 def test_histogram_matches_the_collections_timed() -> None:

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pathoai_memobs import (
     MemoryConfig,
@@ -301,3 +303,32 @@ def test_no_session_id_in_logs(caplog: pytest.LogCaptureFixture) -> None:
     m.cleanup_inactive_sessions()
     assert "session_removed" in caplog.text
     assert sid not in caplog.text
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["new", "grow", "shrink", "delete"]), st.integers(0, 30)),
+        max_size=80,
+    ),
+    st.integers(0, 4),
+)
+def test_top_k_tracked_incrementally_equals_a_full_ranking(
+    ops: list[tuple[str, int]], k: int
+) -> None:
+    m = SessionManager(top_k=k)
+    ids: list[str] = []
+    for op, n in ops:
+        if op == "new" or not ids:
+            ids.append(m.create_session())
+            continue
+        sid = ids[n % len(ids)]
+        if op == "delete":
+            m.delete_session(sid)
+            ids.remove(sid)
+        else:
+            m.update_session(sid, blob=bytes((n + 1) * 1000 if op == "grow" else n * 10))
+        agg = m.aggregates()
+        sizes = sorted(((s.memory_bytes for s in map(m.get_session, ids) if s)), reverse=True)
+        assert [b for _, b in agg.top] == sizes[:k]
+        assert agg.largest_bytes == (sizes[0] if sizes else 0)

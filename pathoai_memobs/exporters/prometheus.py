@@ -1,18 +1,71 @@
-"""Prometheus collectors over the live state; they read at scrape time and hold no copy.
+"""Prometheus exposition of the live state: collectors, an HTTP server, app mounts.
 
-Names follow Prometheus conventions: prefix ``pathoai_``, base units (seconds), ``_total``
-on counters. Register on any ``CollectorRegistry``.
+Collectors read at scrape time and hold no copy; names, units and help come from
+``catalogue.CATALOGUE`` (see docs/metrics.md). Register them on any
+``CollectorRegistry``; ``instrument()`` does it for the usual trio.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import base64
+import binascii
+import hmac
+import ipaddress
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import make_asgi_app as _prom_asgi_app
+from prometheus_client import make_wsgi_app as _prom_wsgi_app
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeHistogramMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-from ..gc_manager import GarbageCollectionManager
+from .. import __version__
+from ..emergency import DURATION_BUCKETS
 from ..gc_pauses import GC_PAUSES, GENERATIONS, PAUSE_BUCKETS, PauseTimer
+from ..logging import MONITOR_ERROR, emit
+from ..session_manager import SIZE_BUCKETS
+from .catalogue import BY_NAME, family_name
+
+if TYPE_CHECKING:
+    from ..gc_manager import GarbageCollectionManager
+    from ..monitor import MemoryMonitor
+    from ..session_manager import SessionManager
+
+DEFAULT_PORT = 9464
+GC_REASONS = ("manual", "proactive", "emergency")
+REMOVAL_REASONS = ("timeout", "explicit", "emergency")
+ERROR_PLACES = ("sample", "action", "emergency_step", "scrape")
+
+
+def _gauge(name: str, value: float | None = None, labels: Iterable[str] = ()) -> GaugeMetricFamily:
+    spec = BY_NAME[name]
+    if value is None:
+        return GaugeMetricFamily(name, spec.help, labels=list(labels) or list(spec.labels))
+    return GaugeMetricFamily(name, spec.help, value=value)
+
+
+def _counter(name: str, value: float | None = None) -> CounterMetricFamily:
+    spec = BY_NAME[name]
+    if value is None:
+        return CounterMetricFamily(family_name(spec), spec.help, labels=list(spec.labels))
+    return CounterMetricFamily(family_name(spec), spec.help, value=value)
+
+
+def _bounds(buckets: Iterable[float]) -> list[str]:
+    return [repr(float(b)) for b in buckets] + ["+Inf"]
 
 
 class GCCollector(Collector):
@@ -23,26 +76,15 @@ class GCCollector(Collector):
     ) -> None:
         self.timer = timer
         self.manager = manager
+        timer.install()  # exporting pauses means timing every collection (idempotent)
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         snap = self.timer.snapshot()
-        duration = HistogramMetricFamily(
-            "pathoai_gc_duration_seconds",
-            "Pause of each garbage collection the interpreter ran, by generation.",
-            labels=["generation"],
-            unit="seconds",
-        )
-        collected = CounterMetricFamily(
-            "pathoai_gc_collected_objects",
-            "Objects freed by the garbage collector, by generation.",
-            labels=["generation"],
-        )
-        uncollectable = CounterMetricFamily(
-            "pathoai_gc_uncollectable_objects",
-            "Objects the garbage collector found uncollectable, by generation.",
-            labels=["generation"],
-        )
-        bounds = [repr(b) for b in PAUSE_BUCKETS] + ["+Inf"]
+        spec = BY_NAME["pathoai_gc_duration_seconds"]
+        duration = HistogramMetricFamily(spec.name, spec.help, labels=["generation"])
+        collected = _counter("pathoai_gc_collected_objects_total")
+        uncollectable = _counter("pathoai_gc_uncollectable_objects_total")
+        bounds = _bounds(PAUSE_BUCKETS)
         for g in range(GENERATIONS):
             label = [str(g)]
             cumulative = snap.cumulative(g)
@@ -54,27 +96,285 @@ class GCCollector(Collector):
         yield duration
         yield collected
         yield uncollectable
-        yield GaugeMetricFamily(
-            "pathoai_gc_frozen_objects",
-            "Objects moved out of the collector's reach by freeze().",
-            value=GarbageCollectionManager.frozen_count(),
-        )
+        from ..gc_manager import GarbageCollectionManager  # noqa: PLC0415
+
+        yield _gauge("pathoai_gc_frozen_objects", GarbageCollectionManager.frozen_count())
         if self.manager is not None:
-            triggered = CounterMetricFamily(
-                "pathoai_gc_manager_collections",
-                "Collections the manager ran, by reason; skipped ones are counted apart.",
-                labels=["reason"],
-            )
-            skipped = CounterMetricFamily(
-                "pathoai_gc_manager_skipped_collections",
-                "Proactive collections skipped because GC already took too much time.",
-                labels=["reason"],
-            )
-            for reason in ("manual", "proactive", "emergency"):
+            triggered = _counter("pathoai_gc_manager_collections_total")
+            skipped = _counter("pathoai_gc_manager_skipped_collections_total")
+            reasons = dict.fromkeys(GC_REASONS) | dict.fromkeys(self.manager.triggered)
+            for reason in reasons:
                 triggered.add_metric([reason], self.manager.triggered.get(reason, 0))
+            for reason in dict.fromkeys(GC_REASONS) | dict.fromkeys(self.manager.skipped):
                 skipped.add_metric([reason], self.manager.skipped.get(reason, 0))
-            for reason, n in self.manager.triggered.items():
-                if reason not in ("manual", "proactive", "emergency"):
-                    triggered.add_metric([reason], n)
             yield triggered
             yield skipped
+
+
+class MemobsCollector(Collector):
+    """Every pathoai_ metric over a monitor, a session manager and the GC state.
+
+    Any of the three may be None; their metrics are then left out. The reading is the
+    background thread's latest while it runs (so a stuck thread shows as an old
+    ``pathoai_monitor_last_sample_timestamp_seconds``), else a fresh one per scrape.
+    """
+
+    def __init__(
+        self,
+        monitor: MemoryMonitor | None = None,
+        sessions: SessionManager | None = None,
+        gc_manager: GarbageCollectionManager | None = None,
+        *,
+        timer: PauseTimer | None = GC_PAUSES,
+    ) -> None:
+        self.monitor = monitor
+        self.sessions = sessions
+        self.gc = GCCollector(timer, gc_manager) if timer is not None else None
+        self._scrape_errors = 0
+
+    def collect(self) -> Iterator[Metric]:
+        info = _gauge("pathoai_memobs_build_info")
+        info.add_metric([__version__], 1)
+        yield info
+        if self.monitor is not None:
+            yield from self._monitor(self.monitor)
+        if self.sessions is not None:
+            yield from self._sessions(self.sessions)
+        if self.gc is not None:
+            yield from self.gc.collect()
+
+    def _reading(self, monitor: MemoryMonitor) -> Any:
+        last = monitor.last_reading
+        if monitor.running and last is not None:
+            return last
+        try:
+            return monitor.sample()
+        except Exception as exc:
+            self._scrape_errors += 1
+            emit(logging.ERROR, MONITOR_ERROR, where="scrape", error=type(exc).__name__)
+            return None
+
+    def _monitor(self, m: MemoryMonitor) -> Iterator[Metric]:
+        r = self._reading(m)
+        if r is not None:
+            yield _gauge("pathoai_memory_limit_bytes", r.total_bytes)
+            yield _gauge("pathoai_memory_used_bytes", r.used_bytes)
+            yield _gauge("pathoai_memory_available_bytes", r.available_bytes)
+            yield _gauge("pathoai_memory_used_ratio", r.used_ratio)
+            source = _gauge("pathoai_memory_source_info")
+            source.add_metric([r.source], 1)
+            yield source
+        pressure = m.pressure
+        if pressure is not None:
+            stall = _gauge("pathoai_memory_pressure_stall_ratio")
+            stall.add_metric(["some"], pressure.some_avg10)
+            stall.add_metric(["full"], pressure.full_avg10)
+            yield stall
+        t = m.thresholds
+        yield _gauge("pathoai_memory_pressure_level", int(m.level))
+        yield _gauge("pathoai_memory_warning_threshold_ratio", t.warning_ratio)
+        yield _gauge("pathoai_memory_critical_threshold_ratio", t.critical_ratio)
+        yield _gauge("pathoai_memory_emergency_threshold_bytes", t.floor_bytes)
+        yield _gauge("pathoai_memory_reserved_bytes", m.reserved_bytes)
+        yield _counter("pathoai_requests_rejected_total", m.requests_rejected_total)
+        totals = m.emergency_totals
+        yield _counter("pathoai_emergency_cleanups_total", totals.runs)
+        spec = BY_NAME["pathoai_emergency_cleanup_duration_seconds"]
+        hist = HistogramMetricFamily(spec.name, spec.help)
+        cumulative = map(float, totals.cumulative_buckets())
+        hist.add_metric(
+            [], list(zip(_bounds(DURATION_BUCKETS), cumulative, strict=True)), totals.duration_sum_s
+        )
+        yield hist
+        yield _counter("pathoai_emergency_cleanup_freed_bytes_total", totals.freed_bytes)
+        failures = _counter("pathoai_cleanup_callback_failures_total")
+        overruns = _counter("pathoai_cleanup_callback_overruns_total")
+        names = dict.fromkeys(m.cleanup_callback_names)
+        for name in names | dict.fromkeys(totals.callback_failures):
+            failures.add_metric([name], totals.callback_failures.get(name, 0))
+        for name in names | dict.fromkeys(totals.callback_overruns):
+            overruns.add_metric([name], totals.callback_overruns.get(name, 0))
+        yield failures
+        yield overruns
+        yield _gauge("pathoai_monitor_last_sample_timestamp_seconds", m.last_sample_timestamp)
+        yield _gauge("pathoai_monitor_interval_seconds", m.config.monitoring_interval_sec)
+        yield _gauge("pathoai_monitor_running", 1 if m.running else 0)
+        errors = _counter("pathoai_monitor_errors_total")
+        counted = m.errors_total
+        counted["scrape"] = counted.get("scrape", 0) + self._scrape_errors
+        for where in dict.fromkeys(ERROR_PLACES) | dict.fromkeys(counted):
+            errors.add_metric([where], counted.get(where, 0))
+        yield errors
+
+    def _sessions(self, s: SessionManager) -> Iterator[Metric]:
+        agg = s.aggregates()
+        yield _gauge("pathoai_sessions_active", agg.active)
+        yield _counter("pathoai_sessions_created_total", agg.created_total)
+        removed = _counter("pathoai_sessions_removed_total")
+        for reason in dict.fromkeys(REMOVAL_REASONS) | dict.fromkeys(agg.removed_total):
+            removed.add_metric([reason], agg.removed_total.get(reason, 0))
+        yield removed
+        spec = BY_NAME["pathoai_session_memory_bytes"]
+        sizes = GaugeHistogramMetricFamily(spec.name, spec.help)
+        running, cumulative = 0, []
+        for n in agg.size_buckets:
+            running += n
+            cumulative.append(float(running))
+        sizes.add_metric(
+            [], list(zip(_bounds(SIZE_BUCKETS), cumulative, strict=True)), agg.total_bytes
+        )
+        yield sizes
+        yield _gauge("pathoai_session_device_memory_bytes", agg.device_bytes)
+        yield _gauge("pathoai_session_memory_limit_bytes", s.max_memory_bytes)
+        yield _gauge("pathoai_session_memory_max_bytes", agg.largest_bytes)
+        if s.top_k:
+            top = _gauge("pathoai_session_top_memory_bytes")
+            for fp, nbytes in agg.top:
+                top.add_metric([fp], nbytes)
+            yield top
+        yield _counter("pathoai_session_removal_hook_failures_total", agg.hook_failures_total)
+
+
+def instrument(
+    monitor: MemoryMonitor | None = None,
+    sessions: SessionManager | None = None,
+    gc_manager: GarbageCollectionManager | None = None,
+    *,
+    registry: CollectorRegistry = REGISTRY,
+) -> MemobsCollector:
+    """Register a ``MemobsCollector`` on ``registry`` (the default one) and return it."""
+    collector = MemobsCollector(monitor, sessions, gc_manager)
+    registry.register(collector)
+    return collector
+
+
+# -- serving ------------------------------------------------------------------------------
+
+
+def make_wsgi_app(registry: CollectorRegistry = REGISTRY) -> Callable[..., Any]:
+    """A WSGI app serving the registry (mount it at /metrics)."""
+    return _prom_wsgi_app(registry)
+
+
+def make_asgi_app(registry: CollectorRegistry = REGISTRY) -> Callable[..., Any]:
+    """An ASGI app serving the registry (``app.mount("/metrics", make_asgi_app())``)."""
+    return _prom_asgi_app(registry)
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 64
+
+
+class _Handler(WSGIRequestHandler):
+    timeout = 10  # a slow or stalled client is dropped after 10 s of silence
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _guarded(
+    app: Callable[..., Any], basic_auth: tuple[str, str] | None
+) -> Callable[..., Iterable[bytes]]:
+    """Serve ``/metrics`` (and ``/`` as a pointer to it); 404 elsewhere; basic auth if set."""
+    expected = None
+    if basic_auth is not None:
+        user, password = basic_auth
+        expected = f"{user}:{password}".encode()
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if expected is not None:
+            header = environ.get("HTTP_AUTHORIZATION", "")
+            scheme, _, token = header.partition(" ")
+            try:
+                given = base64.b64decode(token, validate=True) if scheme == "Basic" else b""
+            except (binascii.Error, ValueError):
+                given = b""
+            if not hmac.compare_digest(given, expected):
+                start_response(
+                    "401 Unauthorized",
+                    [("WWW-Authenticate", 'Basic realm="metrics"'), ("Content-Length", "0")],
+                )
+                return [b""]
+        path = environ.get("PATH_INFO", "/")
+        if path == "/metrics":
+            return app(environ, start_response)  # type: ignore[no-any-return]
+        if path == "/":
+            body = b"pathoai-memobs exporter: see /metrics\n"
+            start_response(
+                "200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+            )
+            return [body]
+        start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "10")])
+        return [b"not found\n"]
+
+    return guarded
+
+
+class MetricsServer:
+    """A running exporter: ``url``, ``port``, and ``stop()``."""
+
+    def __init__(self, server: _Server, thread: threading.Thread, scheme: str) -> None:
+        self._server = server
+        self._thread = thread
+        host, port = server.server_address[:2]
+        self.port = int(port)
+        self.host = host.decode() if isinstance(host, bytes) else str(host)
+        self.url = f"{scheme}://{self.host}:{self.port}/metrics"
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout_s)
+
+
+def start_http_server(
+    port: int = DEFAULT_PORT,
+    addr: str = "127.0.0.1",
+    *,
+    registry: CollectorRegistry = REGISTRY,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    client_cafile: str | None = None,
+    client_auth_required: bool = False,
+    basic_auth: tuple[str, str] | None = None,
+) -> MetricsServer:
+    """Serve ``/metrics`` from a daemon thread, on loopback unless told otherwise.
+
+    For exposure beyond loopback: ``certfile``/``keyfile`` turn on TLS (1.2 or later),
+    ``client_cafile`` with ``client_auth_required`` asks for client certificates (mutual
+    TLS), and ``basic_auth=(user, password)`` asks for HTTP basic credentials.
+    ``port=0`` picks a free port (read it back from ``.port``).
+    """
+    if client_auth_required and client_cafile is None:
+        raise ValueError("client_auth_required needs client_cafile")
+    if (certfile is None) != (keyfile is None):
+        raise ValueError("certfile and keyfile go together")
+    app = _guarded(make_wsgi_app(registry), basic_auth)
+    server_class: type[_Server] = _Server
+    if ":" in addr:
+        server_class = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
+    server = make_server(addr, port, app, server_class, _Handler)
+    scheme = "http"
+    if certfile is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(certfile, keyfile)
+        if client_cafile is not None:
+            context.load_verify_locations(cafile=client_cafile)
+            context.verify_mode = ssl.CERT_REQUIRED if client_auth_required else ssl.CERT_OPTIONAL
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
+    if not _loopback(addr) and certfile is None and basic_auth is None:
+        emit(logging.WARNING, "exporter_exposed", addr=addr, port=port, tls=False, auth=False)
+    thread = threading.Thread(target=server.serve_forever, name="pathoai-metrics", daemon=True)
+    thread.start()
+    return MetricsServer(server, thread, scheme)
+
+
+def _loopback(addr: str) -> bool:
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return addr == "localhost"

@@ -1,0 +1,124 @@
+"""Multiprocess mode under a real gunicorn with 4 workers: one /metrics for all of them."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+
+
+def wait_until(fn: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if fn():  # type: ignore[operator]
+                return
+        except OSError as exc:
+            last = exc
+        time.sleep(0.1)
+    raise AssertionError(f"not reached in {timeout} s (last error: {last})")
+
+
+@pytest.fixture
+def gunicorn(tmp_path: Path) -> Iterator[tuple[int, int, subprocess.Popen[bytes]]]:
+    app_port, metrics_port = free_port(), free_port()
+    env = dict(
+        os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path), PATHOAI_METRICS_PORT=str(metrics_port)
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-w",
+            "4",
+            "-b",
+            f"127.0.0.1:{app_port}",
+            "-c",
+            "tests/apps/gunicorn_app.py",
+            "--log-level",
+            "warning",
+            "tests.apps.gunicorn_app:app",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until(lambda: scrape(metrics_port)[("pathoai_multiprocess_workers", ())] == 4)
+        yield app_port, metrics_port, proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_four_workers_one_metrics_and_a_dead_worker_goes_away(
+    gunicorn: tuple[int, int, subprocess.Popen[bytes]],
+) -> None:
+    app_port, metrics_port, _ = gunicorn
+    served: collections.Counter[int] = collections.Counter()
+    for _ in range(40):
+        with urllib.request.urlopen(f"http://127.0.0.1:{app_port}/session", timeout=5) as r:
+            served[int(r.read())] += 1
+    m = scrape(metrics_port)
+    assert m[("pathoai_sessions_active", ())] == 40
+    assert m[("pathoai_sessions_created_total", ())] == 40
+    assert m[("pathoai_session_memory_bytes_gsum", ())] >= 40 * (1 << 20)
+    assert m[("pathoai_monitor_running", ())] == 4  # every worker's monitor thread
+    assert m[("pathoai_memory_limit_bytes", ())] > 0
+    gc_count = sum(v for (n, _), v in m.items() if n == "pathoai_gc_duration_seconds_count")
+    assert gc_count > 0  # the workers' GC histograms add up
+    # promtool agrees with the merged exposition
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+        body = r.read()
+    check = subprocess.run(
+        ["promtool", "check", "metrics"], input=body, capture_output=True, check=False
+    )
+    assert check.returncode == 0 and not check.stdout.strip(), check
+
+    victim, lost = served.most_common(1)[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(
+        lambda: (
+            (mm := scrape(metrics_port))[("pathoai_sessions_active", ())] == 40 - lost
+            and mm[("pathoai_multiprocess_workers", ())] == 4  # the replacement publishes
+        )
+    )
+    after = scrape(metrics_port)
+    assert after[("pathoai_sessions_created_total", ())] == 40  # counts are kept
+    gc_after = sum(v for (n, _), v in after.items() if n == "pathoai_gc_duration_seconds_count")
+    assert gc_after >= gc_count  # a counter never goes backwards
