@@ -14,6 +14,7 @@ SUITES = {
     "gc": "bench.bench_gc",
     "sessions": "bench.bench_sessions",
     "monitor": "bench.bench_monitor",
+    "scrape": "bench.bench_scrape",
 }
 
 
