@@ -25,8 +25,8 @@ demo: setup
 	$(VENV)/bin/pathoai-memobs watch --seconds 5
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check pathoai_memobs tests bench
-	$(VENV)/bin/ruff format --check pathoai_memobs tests bench
+	$(VENV)/bin/ruff check pathoai_memobs tests bench grafana
+	$(VENV)/bin/ruff format --check pathoai_memobs tests bench grafana
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict pathoai_memobs
