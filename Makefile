@@ -22,7 +22,7 @@ system:
 	@bash .ci/install-system.sh
 
 demo: setup
-	$(VENV)/bin/pathoai-memobs watch --seconds 5
+	$(VENV)/bin/pathoai-memobs demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pathoai_memobs tests bench grafana

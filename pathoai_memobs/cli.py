@@ -1,4 +1,4 @@
-"""The ``pathoai-memobs`` command: ``watch`` prints live readings; ``check-config`` validates."""
+"""The ``pathoai-memobs`` command: demo, stack, status, watch, check-config."""
 
 from __future__ import annotations
 
@@ -49,6 +49,61 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    try:
+        config = MemoryConfig.from_env()
+    except ConfigError as exc:
+        print(f"invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    monitor = MemoryMonitor(config)
+    r = monitor.sample()
+    settings = {
+        name: {"value": value, "source": config.source_of(name)}
+        for name, value in config.as_dict().items()
+    }
+    reading = {
+        "source": r.source,
+        "limit_bytes": r.total_bytes,
+        "used_bytes": r.used_bytes,
+        "available_bytes": r.available_bytes,
+        "used_ratio": round(r.used_ratio, 4),
+        "process_rss_bytes": r.process_rss_bytes,
+        "level": monitor.level.name,
+    }
+    if args.json:
+        print(json.dumps({"reading": reading, "config": settings}))
+        return 0
+    mib = 1 << 20
+    print(f"source     {r.source}")
+    print(f"limit      {r.total_bytes / mib:,.0f} MiB")
+    print(f"used       {r.used_bytes / mib:,.0f} MiB ({r.used_ratio:.1%})")
+    print(f"available  {r.available_bytes / mib:,.0f} MiB")
+    print(f"level      {monitor.level.name}")
+    print("configuration in force:")
+    for name, item in settings.items():
+        print(f"  {name:36} {item['value']!s:>10}  ({item['source']})")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import os  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from . import demo  # noqa: PLC0415
+
+    settings = demo.DemoSettings(duration_s=args.duration, port=args.port, json_lines=args.json)
+    if args.log:
+        settings.log_path = Path(args.log)
+    inner = os.environ.get(demo.INNER_ENV) == "1"
+    return demo.main(settings, inner=inner, use_cgroup=not args.no_cgroup)
+
+
+def _stack(args: argparse.Namespace) -> int:
+    from . import demo  # noqa: PLC0415
+
+    return demo.stack_main(args.target, args.prometheus_port, args.alertmanager_port, args.duration)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pathoai-memobs", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +115,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="validate the environment's configuration")
     check.add_argument("--json", action="store_true")
     check.set_defaults(func=_check_config)
+    status = sub.add_parser("status", help="one reading and the configuration in force")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=_status)
+    demo = sub.add_parser("demo", help="run the demo workload with the exporter and JSON logs")
+    demo.add_argument("--duration", type=float, default=90.0, help="seconds (Ctrl-C ends early)")
+    demo.add_argument("--port", type=int, default=9464, help="metrics port on 127.0.0.1")
+    demo.add_argument("--json", action="store_true", help="a JSON status line every second")
+    demo.add_argument("--log", help="JSON log file (default: pathoai-demo.jsonl in the temp dir)")
+    demo.add_argument("--no-cgroup", action="store_true", help="use a budget, not a cgroup")
+    demo.set_defaults(func=_demo)
+    stack = sub.add_parser("stack", help="Prometheus + Alertmanager on loopback for the demo")
+    stack.add_argument("--target", default="127.0.0.1:9464", help="exporter to scrape")
+    stack.add_argument("--prometheus-port", type=int, default=9090)
+    stack.add_argument("--alertmanager-port", type=int, default=9093)
+    stack.add_argument("--duration", type=float, default=0, help="seconds; 0 runs until Ctrl-C")
+    stack.set_defaults(func=_stack)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

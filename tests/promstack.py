@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from pathoai_memobs import stack
 
 
 def free_port() -> int:
@@ -51,45 +52,17 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 
 
 class Prometheus:
-    """A Prometheus server on 127.0.0.1 with a temporary data directory."""
+    """``pathoai_memobs.stack.prometheus`` on a free port, with query helpers for tests."""
 
     def __init__(self, workdir: Path, scrape_targets: list[str], rule_files: list[Path] = (),
                  alertmanager: str | None = None, interval: str = "1s") -> None:  # fmt: skip
+        binary("prometheus")
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config: dict[str, Any] = {
-            "global": {"scrape_interval": interval, "evaluation_interval": interval},
-            "rule_files": [str(p) for p in rule_files],
-            "scrape_configs": [
-                {
-                    "job_name": "pathoai",
-                    "static_configs": [{"targets": scrape_targets}],
-                }
-            ],
-        }
-        if alertmanager:
-            config["alerting"] = {
-                "alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]
-            }
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
-        self.log = open(workdir / "prometheus.log", "wb")  # noqa: SIM115 -- closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                binary("prometheus"),
-                f"--config.file={workdir / 'prometheus.yml'}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--log.level=warn",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_http(self.url + "/-/ready", 60)
-        except Exception:
-            self.stop()
-            raise
+        self.service = stack.prometheus(
+            workdir, scrape_targets, port=self.port, rule_files=list(rule_files),
+            alertmanager=alertmanager, interval=interval,
+        )  # fmt: skip
+        self.url = self.service.url
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         url = self.url + "/api/v1/query?" + urllib.parse.urlencode({"query": promql})
@@ -114,11 +87,4 @@ class Prometheus:
         raise AssertionError(f"{promql} never satisfied the condition (last: {value})")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        self.service.stop()

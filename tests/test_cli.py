@@ -46,3 +46,131 @@ def test_import_stays_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_status_prints_a_valid_reading_and_where_settings_come_from() -> None:
+    out = _run("status", "--json", env={"MAX_MEMORY_PERCENT": "80"})
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    r = doc["reading"]
+    assert r["source"] in {"host", "cgroup_v1", "cgroup_v2"}
+    assert 0 < r["used_bytes"] < r["limit_bytes"] and 0 < r["used_ratio"] < 1
+    assert r["level"] in {"NORMAL", "WARNING", "CRITICAL", "EMERGENCY"}
+    assert doc["config"]["max_memory_percent"] == {
+        "value": 80.0,
+        "source": "env:MAX_MEMORY_PERCENT",
+    }
+    assert doc["config"]["session_timeout_minutes"]["source"] == "default"
+    text = _run("status")
+    assert text.returncode == 0 and "available" in text.stdout
+
+
+def test_status_refuses_a_bad_environment() -> None:
+    out = _run("status", env={"SESSION_TIMEOUT_MINUTES": "-3"})
+    assert out.returncode == 2 and "SESSION_TIMEOUT_MINUTES" in out.stderr
+
+
+def test_demo_serves_metrics_with_sessions_and_cleans_up() -> None:
+    import glob
+    import time
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from .promstack import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pathoai_memobs",
+            "demo",
+            "--duration",
+            "10",
+            "--port",
+            str(port),
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    created = 0.0
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and created == 0:
+            time.sleep(0.5)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    text = r.read().decode()
+            except OSError:
+                continue
+            for family in text_string_to_metric_families(text):
+                for s in family.samples:
+                    if s.name == "pathoai_sessions_created_total":
+                        created = s.value
+        assert created > 0
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert rows and rows[-1]["sessions_created"] > 0
+    assert "demo finished" in out
+    assert not glob.glob("/sys/fs/cgroup/**/pathoai-demo-*", recursive=True)
+
+
+def test_stack_starts_prometheus_and_alertmanager_and_stops_them() -> None:
+    import time
+    import urllib.request
+
+    from .promstack import binary, free_port
+
+    binary("prometheus")
+    binary("prometheus-alertmanager", "alertmanager")
+    prom, am = free_port(), free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pathoai_memobs",
+            "stack",
+            "--duration",
+            "8",
+            "--prometheus-port",
+            str(prom),
+            "--alertmanager-port",
+            str(am),
+            "--target",
+            "127.0.0.1:9",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("prometheus") and f"127.0.0.1:{prom}" in first, first
+        with urllib.request.urlopen(f"http://127.0.0.1:{prom}/api/v1/rules", timeout=5) as r:
+            rules = json.loads(r.read())["data"]["groups"]
+        assert any(g["name"] == "pathoai-memory.alerts" for g in rules)
+        with urllib.request.urlopen(f"http://127.0.0.1:{am}/-/ready", timeout=5) as r:
+            assert r.status == 200
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "stack stopped" in out
+    time.sleep(0.5)
+    for port in (prom, am):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2)
+            raise AssertionError(f"port {port} still served after stop")
+        except OSError:
+            pass

@@ -20,7 +20,13 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from pathoai_memobs import GarbageCollectionManager, MemoryConfig, MemoryMonitor, SessionManager
+from pathoai_memobs import (
+    GarbageCollectionManager,
+    MemoryConfig,
+    MemoryMonitor,
+    SessionManager,
+    stack,
+)
 from pathoai_memobs.cgroup_sandbox import MemoryCgroup
 from pathoai_memobs.exceptions import InsufficientMemoryError
 from pathoai_memobs.exporters.prometheus import instrument, start_http_server
@@ -253,17 +259,9 @@ def test_alerts_fire_in_order_from_real_pressure_and_resolve(
     group = make_cgroup(1 << 30)
     webhook = Webhook()
     am_port, app_port = free_port(), free_port()
-    am = subprocess.Popen(
-        [
-            binary("prometheus-alertmanager", "alertmanager"),
-            f"--config.file={alertmanager_config(tmp_path / 'am.yml', webhook.url)}",
-            f"--storage.path={tmp_path / 'am'}",
-            f"--web.listen-address=127.0.0.1:{am_port}",
-            "--cluster.listen-address=",
-            "--log.level=warn",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    binary("prometheus-alertmanager", "alertmanager")
+    am = stack.alertmanager(
+        tmp_path, alertmanager_config(tmp_path / "am.yml", webhook.url), port=am_port
     )
     child = group.popen(
         [
@@ -278,7 +276,6 @@ def test_alerts_fire_in_order_from_real_pressure_and_resolve(
     )
     prom = None
     try:
-        wait_http(f"http://127.0.0.1:{am_port}/-/ready")
         wait_http(f"http://127.0.0.1:{app_port}/metrics")
         prom = Prometheus(
             tmp_path / "prom",
@@ -313,12 +310,12 @@ def test_alerts_fire_in_order_from_real_pressure_and_resolve(
     finally:
         if prom is not None:
             prom.stop()
-        for proc in (child, am):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        am.stop()
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
         webhook.stop()

@@ -1,0 +1,151 @@
+"""A local monitoring stack: the real Prometheus and Alertmanager (Debian packages that
+``make`` installs) on loopback, with the shipped rules and routing, pointed at a target.
+
+Used by ``pathoai-memobs stack`` and by the tests. Each service runs in a temporary
+directory that is removed when it stops; nothing listens beyond 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import IO, Any
+
+ASSETS = Path(__file__).resolve().parent.parent / "alerts"
+
+
+class StackError(RuntimeError):
+    """A stack component is missing or did not start; the message says which and why."""
+
+
+def find_binary(*names: str) -> str:
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    raise StackError(f"{names[0]} is not installed (make installs the Debian package)")
+
+
+def wait_ready(name: str, url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise StackError(f"{name} exited with {proc.returncode} before {url} was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise StackError(f"{url} not ready after {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+class Service:
+    """A started server process with its URL and working directory."""
+
+    def __init__(self, name: str, argv: list[str], url: str, workdir: Path, ready: str) -> None:
+        self.name, self.url, self.workdir = name, url, workdir
+        self._log: IO[bytes] = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 -- stop() closes
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
+        try:
+            wait_ready(name, url + ready, self.proc)
+        except StackError:
+            self.stop()
+            raise
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def prometheus(
+    workdir: Path,
+    targets: list[str],
+    *,
+    port: int,
+    rule_files: list[Path] | None = None,
+    alertmanager: str | None = None,
+    interval: str = "5s",
+) -> Service:
+    """Prometheus scraping ``targets`` (job ``pathoai``) with ``rule_files``."""
+    config: dict[str, Any] = {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "rule_files": [str(p) for p in (rule_files or [])],
+        "scrape_configs": [{"job_name": "pathoai", "static_configs": [{"targets": targets}]}],
+    }
+    if alertmanager:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "prometheus.yml").write_text(json.dumps(config, indent=1))  # JSON is YAML
+    argv = [
+        find_binary("prometheus"),
+        f"--config.file={workdir / 'prometheus.yml'}",
+        f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--rules.alert.resend-delay=1s",
+        "--log.level=warn",
+    ]
+    return Service("prometheus", argv, f"http://127.0.0.1:{port}", workdir, "/-/ready")
+
+
+def alertmanager(workdir: Path, config: Path, *, port: int) -> Service:
+    """Alertmanager on loopback, clustering off (nothing listens beyond 127.0.0.1)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        find_binary("prometheus-alertmanager", "alertmanager"),
+        f"--config.file={config}",
+        f"--storage.path={workdir / 'alertmanager'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+        "--log.level=warn",
+    ]
+    return Service("alertmanager", argv, f"http://127.0.0.1:{port}", workdir, "/-/ready")
+
+
+class Stack:
+    """Prometheus + Alertmanager with the shipped assets, in one temporary directory."""
+
+    def __init__(self, target: str, *, prometheus_port: int = 9090, alertmanager_port: int = 9093,
+                 interval: str = "5s") -> None:  # fmt: skip
+        self.dir = Path(tempfile.mkdtemp(prefix="pathoai-stack-"))
+        self.services: list[Service] = []
+        try:
+            rules = self.dir / "pathoai-memory.rules.yml"
+            shutil.copy(ASSETS / "pathoai-memory.rules.yml", rules)
+            am = alertmanager(self.dir, ASSETS / "alertmanager.yml", port=alertmanager_port)
+            self.services.append(am)
+            self.services.append(
+                prometheus(
+                    self.dir,
+                    [target],
+                    port=prometheus_port,
+                    rule_files=[rules],
+                    alertmanager=f"127.0.0.1:{alertmanager_port}",
+                    interval=interval,
+                )
+            )
+        except BaseException:
+            self.stop()
+            raise
+
+    def urls(self) -> dict[str, str]:
+        return {s.name: s.url for s in self.services}
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            service.stop()
+        self.services = []
+        shutil.rmtree(self.dir, ignore_errors=True)
