@@ -15,6 +15,7 @@ SUITES = {
     "sessions": "bench.bench_sessions",
     "monitor": "bench.bench_monitor",
     "scrape": "bench.bench_scrape",
+    "otel": "bench.bench_otel",
 }
 
 

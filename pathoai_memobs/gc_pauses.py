@@ -35,6 +35,8 @@ PAUSE_BUCKETS: Final[tuple[float, ...]] = (
     10.0,
 )
 GENERATIONS: Final = 3
+#: Recent pauses kept one by one (for exporters that record each value, e.g. OpenTelemetry).
+RING: Final = 8192
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,9 @@ class PauseTimer:
         self._collected = [0] * GENERATIONS
         self._uncollectable = [0] * GENERATIONS
         self._last = (0.0, -1)
+        self._ring = [0.0] * RING
+        self._ring_gen = [0] * RING
+        self._written = 0
 
     # The callback: no lock, no allocation beyond a float, no I/O.
     def __call__(self, phase: str, info: dict[str, int]) -> None:
@@ -99,7 +104,22 @@ class PauseTimer:
         self._collected[g] += info.get("collected", 0)
         self._uncollectable[g] += info.get("uncollectable", 0)
         self._last = (elapsed, g)
+        slot = self._written % RING
+        self._ring[slot] = elapsed
+        self._ring_gen[slot] = g
+        self._written += 1
         self._version += 1
+
+    def recent(self, since: int) -> tuple[list[tuple[float, int]], int, int]:
+        """Pauses timed after the first ``since``: ([(seconds, generation)], new since, lost).
+
+        Read without a lock, outside the collector; ``lost`` counts pauses that were
+        overwritten before this read (more than RING collections since the last one).
+        """
+        written = self._written
+        start = max(since, written - RING)
+        out = [(self._ring[i % RING], self._ring_gen[i % RING]) for i in range(start, written)]
+        return out, written, start - since
 
     @property
     def installed(self) -> bool:

@@ -61,6 +61,8 @@ LIMIT_TTL_S = 1.0
 #: At rest (NORMAL), PSI is read at most this often: avg10 moves slowly, and every read
 #: after a sleep costs tens of microseconds of cold kernel path.
 PSI_REST_PERIOD_S = 5.0
+#: Emergency runs kept one by one for exporters that record each run.
+RUN_LOG = 64
 
 
 class Sampler(Protocol):
@@ -165,6 +167,8 @@ class MemoryMonitor:
         self._emergency_worker: threading.Thread | None = None
         self._next_emergency = 0.0
         self._totals = EmergencyTotals()
+        self._runs: list[EmergencyRun] = []  # the last RUN_LOG runs, for exporters
+        self._runs_total = 0
         if self.config.enable_background_monitoring:
             self.start()
 
@@ -496,6 +500,13 @@ class MemoryMonitor:
             self._callbacks.append(RegisteredCallback(name, fn, priority, seq))
             self._callbacks.sort(key=lambda cb: (cb.priority, cb.seq))
 
+    def emergency_runs_since(self, since: int) -> tuple[list[EmergencyRun], int]:
+        """Runs recorded after the first ``since`` (at most the last RUN_LOG), and the new
+        ``since``: exporters that record each run (OpenTelemetry histograms) drain them."""
+        with self._lock:
+            total, runs = self._runs_total, list(self._runs)
+        return runs[max(0, len(runs) - (total - since)) :] if total > since else [], total
+
     @property
     def cleanup_callback_names(self) -> tuple[str, ...]:
         """Registered callback names, in the order they run."""
@@ -582,6 +593,8 @@ class MemoryMonitor:
         )
         with self._lock:
             self._totals.record(run)
+            self._runs = [*self._runs[-(RUN_LOG - 1) :], run]
+            self._runs_total += 1
         emit(
             logging.WARNING,
             EMERGENCY_CLEANUP,
