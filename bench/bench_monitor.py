@@ -163,11 +163,11 @@ def _inner_latency(trials: int) -> dict[str, list[float]]:
 def _latency_rows() -> tuple[list[Row], str]:
     from pathoai_memobs.cgroup_sandbox import CgroupUnavailableError, memory_cgroup
 
-    progress("detection latency inside a 1 GiB cgroup (7 trials each, alternating)")
+    progress("detection latency inside a 1 GiB cgroup (15 trials each, alternating)")
     try:
         with memory_cgroup(1 << 30, prefix="pathoai-bench") as group:
             proc = subprocess.run(
-                group.wrap([sys.executable, "-m", "bench.bench_monitor", "--inner", "7"]),
+                group.wrap([sys.executable, "-m", "bench.bench_monitor", "--inner", "15"]),
                 capture_output=True,
                 text=True,
                 timeout=300,
@@ -197,7 +197,7 @@ def _latency_rows() -> tuple[list[Row], str]:
         "that only sleeps in poll() and wakes once a second already uses 0.010 to 0.013 % "
         "of a core (measured with the same thread_time method), and the first reads of "
         "/proc after a sleep run cold (about 100 us for /proc/meminfo against 2 us warm). "
-        "Limits up the cgroup tree are re-read once a second and PSI every 5 s at rest."
+        "Limits up the cgroup tree are re-read once a second, PSI and the process RSS every 5 s at rest."
     )
     return [row], notes
 

@@ -58,9 +58,13 @@ if TYPE_CHECKING:
 THREAD_NAME = "pathoai-memory-monitor"
 #: How long the monitor reuses cgroup limits before reading them again.
 LIMIT_TTL_S = 1.0
-#: At rest (NORMAL), PSI is read at most this often: avg10 moves slowly, and every read
-#: after a sleep costs tens of microseconds of cold kernel path.
-PSI_REST_PERIOD_S = 5.0
+#: At rest (NORMAL), PSI and the process RSS are read at most this often: no decision
+#: uses them, and every read after a sleep costs tens of microseconds of cold kernel path.
+REST_PERIOD_S = 5.0
+#: After a kernel wake-up, sample every BURST_INTERVAL_S for BURST_S: a v1 usage threshold
+#: counts page cache, so it can fire a little before the working set itself crosses.
+BURST_S = 1.0
+BURST_INTERVAL_S = 0.02
 #: Emergency runs kept one by one for exporters that record each run.
 RUN_LOG = 64
 
@@ -150,6 +154,8 @@ class MemoryMonitor:
         self._pressure: Pressure | None = None
         self._psi: PsiReader | None = None
         self._psi_next = 0.0
+        self._rss_next = 0.0
+        self._burst_until = 0.0
         if sampler is None:
             location = getattr(self._sampler, "cgroup", None)
             self._psi = PsiReader(psi_path(root, location.location if location else None))
@@ -176,7 +182,9 @@ class MemoryMonitor:
 
     def sample(self) -> Reading:
         """Take a fresh reading (bytes), remember it, and move the level accordingly."""
-        reading = self._sampler.sample()
+        return self._observe(self._sampler.sample())
+
+    def _observe(self, reading: Reading) -> Reading:
         with self._lock:
             previous = self._level
             level = classify(reading.used_ratio, reading.available_bytes, self.thresholds, previous)
@@ -407,16 +415,31 @@ class MemoryMonitor:
                 self._count_error("sample", exc)
             self._cpu_seconds = time.thread_time() - cpu_start
             wakeups = self._wakeups
+            if self._clock() < self._burst_until:
+                interval = min(interval, BURST_INTERVAL_S)
             if wakeups is None:
                 self._stopping.wait(interval)
             else:
                 for source in wakeups.wait(interval):
                     self._wakeup_counts[source] += 1
+                    if source != "kick":  # the kernel saw something: look closely a moment
+                        self._burst_until = self._clock() + BURST_S
 
     def tick(self) -> float:
         """One step of the background loop: sample, act on the level, and return how long
-        to sleep before the next (shorter the closer memory is to a rung)."""
-        reading = self.sample()
+        to sleep before the next (shorter the closer memory is to a rung).
+
+        At rest the process RSS is re-read only every few seconds: no decision uses it,
+        and each file read after a sleep costs a cold kernel path."""
+        sampler = self._sampler
+        if isinstance(sampler, MemorySampler):
+            now = self._clock()
+            fresh_rss = self._level is not Level.NORMAL or now >= self._rss_next
+            if fresh_rss:
+                self._rss_next = now + REST_PERIOD_S
+            reading = self._observe(sampler.sample(rss=fresh_rss))
+        else:
+            reading = self.sample()
         self._read_psi()
         wakeups = self._wakeups
         if wakeups is not None and reading.source == "cgroup_v1" and reading.cgroup_limit_bytes:
@@ -440,7 +463,7 @@ class MemoryMonitor:
         now = self._clock()
         if self._level is Level.NORMAL and now < self._psi_next:
             return
-        self._psi_next = now + PSI_REST_PERIOD_S
+        self._psi_next = now + REST_PERIOD_S
         try:
             self._pressure = self._psi.read()
         except (OSError, ValueError):

@@ -42,6 +42,7 @@ class MemorySampler:
         self.limit_ttl_s = limit_ttl_s
         self._limit: int | None = None
         self._limit_until = -1.0
+        self._last_rss = 0
         self.host = HostReader(root)
         self.process = ProcessReader(root)
         location = find_memory_cgroup(root) if cgroup is True else (cgroup or None)
@@ -58,7 +59,7 @@ class MemorySampler:
             self._usage_fd = self.cgroup.usage_file.fileno()
             self._stat_fd = self.cgroup.stat_file.fileno()
 
-    def sample(self) -> Reading:
+    def sample(self, *, rss: bool = True) -> Reading:
         """One full sample: host meminfo, every cgroup limit up the tree, usage where limited, RSS.
 
         This runs up to ten times a second, so it reads the kept descriptors directly
@@ -91,10 +92,14 @@ class MemorySampler:
             source,
             limit,
             working_set,
-            parse_statm_rss(_pread(self._statm_fd, 256, 0)),
+            self._rss() if rss else self._last_rss,
             self._wall_clock(),
             now,
         )
+
+    def _rss(self) -> int:
+        self._last_rss = parse_statm_rss(_pread(self._statm_fd, 256, 0))
+        return self._last_rss
 
     def close(self) -> None:
         self.host.close()
