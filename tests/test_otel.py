@@ -253,3 +253,59 @@ def test_opentelemetry_is_imported_only_when_used() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_each_gunicorn_worker_exports_after_the_fork(http_receiver: tuple[str, Received]) -> None:
+    import os
+    import signal
+
+    from .test_multiprocess import ROOT, wait_until
+
+    endpoint, received = http_receiver
+    env = dict(
+        os.environ,
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+        OTEL_METRIC_EXPORT_INTERVAL="200",
+        OTEL_SERVICE_NAME="pathoai-gunicorn",
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-w",
+            "2",
+            "-b",
+            f"127.0.0.1:{free_port()}",
+            "-c",
+            "tests/apps/gunicorn_otel.py",
+            "--log-level",
+            "warning",
+            "tests.apps.gunicorn_otel:app",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def pids() -> set[int]:
+        found = set()
+        for req in list(received.requests):
+            for rm in req.resource_metrics:
+                attrs = {a.key: a.value for a in rm.resource.attributes}
+                if attrs["service.name"].string_value == "pathoai-gunicorn":
+                    found.add(attrs["process.pid"].int_value)
+        return found
+
+    try:
+        wait_until(lambda: len(pids()) >= 2, timeout=30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.pid not in pids()  # the workers export, not the master

@@ -421,4 +421,6 @@ def setup_otlp(readers: Sequence[Any] = ()) -> MeterProvider:
 
         raise ConfigError("OTEL_EXPORTER_OTLP_PROTOCOL", protocol, "expected grpc or http/protobuf")
     reader = PeriodicExportingMetricReader(exporter)
-    return MeterProvider(resource=Resource.create(), metric_readers=[reader, *readers])
+    # process.pid tells workers of one service apart (their series would otherwise collide).
+    resource = Resource.create({"process.pid": os.getpid()})
+    return MeterProvider(resource=resource, metric_readers=[reader, *readers])
