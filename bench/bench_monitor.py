@@ -197,7 +197,8 @@ def _latency_rows() -> tuple[list[Row], str]:
         "that only sleeps in poll() and wakes once a second already uses 0.010 to 0.013 % "
         "of a core (measured with the same thread_time method), and the first reads of "
         "/proc after a sleep run cold (about 100 us for /proc/meminfo against 2 us warm). "
-        "Limits up the cgroup tree are re-read once a second, PSI and the process RSS every 5 s at rest."
+        "Limits up the cgroup tree are re-read once a second, PSI and the process RSS "
+        "every 5 s at rest."
     )
     return [row], notes
 
