@@ -332,3 +332,14 @@ def test_top_k_tracked_incrementally_equals_a_full_ranking(
         sizes = sorted(((s.memory_bytes for s in map(m.get_session, ids) if s)), reverse=True)
         assert [b for _, b in agg.top] == sizes[:k]
         assert agg.largest_bytes == (sizes[0] if sizes else 0)
+
+
+def test_use_on_an_expired_session_removes_it_and_runs_its_hooks() -> None:
+    m, clock = manager(timeout_minutes=1)
+    seen: list[str] = []
+    m.on_remove(lambda sid, data, reason: seen.append(reason))
+    sid = m.create_session()
+    clock.now += 120
+    with pytest.raises(SessionNotFoundError), m.use(sid):
+        pass
+    assert seen == ["timeout"] and len(m) == 0
