@@ -124,10 +124,9 @@ class Workload:
                 user.analyses += 1
                 try:
                     self.sessions.update_session(user.sid, **{f"analysis_{user.analyses}": results})
-                except SessionNotFoundError:
-                    self.users.remove(user)  # evicted meanwhile
-                except SessionMemoryLimitError:
-                    self.users.remove(user)  # over its own limit: the app answers 413
+                except (SessionNotFoundError, SessionMemoryLimitError):
+                    # evicted meanwhile, or over its own limit (the app answers 413)
+                    self.users.remove(user)
 
 
 class Scene(NamedTuple):

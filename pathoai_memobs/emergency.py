@@ -16,6 +16,7 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Final
 
 from .logging import CLEANUP_CALLBACK_FAILED, CLEANUP_CALLBACK_OVERRAN, emit
@@ -116,11 +117,7 @@ class EmergencyTotals:
 
     def cumulative_buckets(self) -> list[int]:
         """Cumulative counts per bound (Prometheus ``le`` order, +Inf last)."""
-        out, running = [], 0
-        for n in self.duration_buckets:
-            running += n
-            out.append(running)
-        return out
+        return list(accumulate(self.duration_buckets))
 
 
 def run_with_budget(

@@ -13,6 +13,7 @@ import gc
 import time
 from bisect import bisect_left
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any, Final
 
 #: Histogram bucket upper bounds in seconds, 0.1 ms to 10 s.
@@ -65,11 +66,7 @@ class PauseSnapshot:
 
     def cumulative(self, generation: int) -> list[int]:
         """Cumulative bucket counts of one generation (Prometheus ``le`` order, +Inf last)."""
-        out, running = [], 0
-        for n in self.buckets[generation]:
-            running += n
-            out.append(running)
-        return out
+        return list(accumulate(self.buckets[generation]))
 
 
 class PauseTimer:

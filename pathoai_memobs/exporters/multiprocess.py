@@ -112,8 +112,7 @@ def merge(files: list[list[Family]], archive: list[Family]) -> list[Family]:
 
 def _fold(into: list[Family], dead: list[Family]) -> list[Family]:
     """Add a dead worker's counters and histograms to the archive."""
-    keep = [f for f in dead if f["type"] in _CUMULATIVE]
-    return merge([into], keep) if into else merge([keep], [])
+    return merge([into], [f for f in dead if f["type"] in _CUMULATIVE])
 
 
 @contextlib.contextmanager

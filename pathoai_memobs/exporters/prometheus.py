@@ -16,6 +16,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from itertools import accumulate
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -50,10 +51,10 @@ REMOVAL_REASONS = ("timeout", "explicit", "emergency")
 ERROR_PLACES = ("sample", "action", "emergency_step", "scrape")
 
 
-def _gauge(name: str, value: float | None = None, labels: Iterable[str] = ()) -> GaugeMetricFamily:
+def _gauge(name: str, value: float | None = None) -> GaugeMetricFamily:
     spec = BY_NAME[name]
     if value is None:
-        return GaugeMetricFamily(name, spec.help, labels=list(labels) or list(spec.labels))
+        return GaugeMetricFamily(name, spec.help, labels=list(spec.labels))
     return GaugeMetricFamily(name, spec.help, value=value)
 
 
@@ -216,10 +217,7 @@ class MemobsCollector(Collector):
         yield removed
         spec = BY_NAME["pathoai_session_memory_bytes"]
         sizes = GaugeHistogramMetricFamily(spec.name, spec.help)
-        running, cumulative = 0, []
-        for n in agg.size_buckets:
-            running += n
-            cumulative.append(float(running))
+        cumulative = map(float, accumulate(agg.size_buckets))
         sizes.add_metric(
             [], list(zip(_bounds(SIZE_BUCKETS), cumulative, strict=True)), agg.total_bytes
         )
