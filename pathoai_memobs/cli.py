@@ -36,11 +36,7 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    try:
-        config = MemoryConfig.from_env()
-    except ConfigError as exc:
-        print(f"invalid configuration: {exc}", file=sys.stderr)
-        return 2
+    config = MemoryConfig.from_env()
     if args.json:
         print(json.dumps(config.as_dict()))
     else:
@@ -50,11 +46,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    try:
-        config = MemoryConfig.from_env()
-    except ConfigError as exc:
-        print(f"invalid configuration: {exc}", file=sys.stderr)
-        return 2
+    config = MemoryConfig.from_env()
     monitor = MemoryMonitor(config)
     r = monitor.sample()
     settings = {
@@ -134,6 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
+    except ConfigError as exc:  # every command reads the environment: one clear refusal
+        print(f"invalid configuration: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

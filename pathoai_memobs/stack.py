@@ -47,6 +47,17 @@ def wait_ready(name: str, url: str, proc: subprocess.Popen[bytes], timeout_s: fl
         time.sleep(0.2)
 
 
+def terminate(proc: subprocess.Popen[Any], timeout_s: float = 15.0) -> None:
+    """Stop a child process: SIGTERM, then SIGKILL if it has not exited in ``timeout_s``."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class Service:
     """A started server process with its URL and working directory."""
 
@@ -61,13 +72,7 @@ class Service:
             raise
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout_s)
         self._log.close()
 
 

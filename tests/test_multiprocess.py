@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pathoai_memobs.stack import terminate
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -78,12 +80,7 @@ def gunicorn(tmp_path: Path) -> Iterator[tuple[int, int, subprocess.Popen[bytes]
         wait_until(lambda: scrape(metrics_port)[("pathoai_multiprocess_workers", ())] == 4)
         yield app_port, metrics_port, proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, 20)
 
 
 def test_four_workers_one_metrics_and_a_dead_worker_goes_away(

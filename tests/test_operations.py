@@ -325,11 +325,5 @@ def test_alerts_fire_in_order_from_real_pressure_and_resolve(
         if prom is not None:
             prom.stop()
         am.stop()
-        if child.poll() is None:
-            child.terminate()
-            try:
-                child.wait(10)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        stack.terminate(child, 10)
         webhook.stop()

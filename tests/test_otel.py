@@ -29,6 +29,7 @@ from pathoai_memobs import (
 )
 from pathoai_memobs.exporters.otel import instrument, setup_otlp
 from pathoai_memobs.gc_pauses import PAUSE_BUCKETS
+from pathoai_memobs.stack import terminate
 
 from .promstack import free_port
 
@@ -257,7 +258,6 @@ def test_opentelemetry_is_imported_only_when_used() -> None:
 
 def test_each_gunicorn_worker_exports_after_the_fork(http_receiver: tuple[str, Received]) -> None:
     import os
-    import signal
 
     from .test_multiprocess import ROOT, wait_until
 
@@ -302,10 +302,5 @@ def test_each_gunicorn_worker_exports_after_the_fork(http_receiver: tuple[str, R
     try:
         wait_until(lambda: len(pids()) >= 2, timeout=30)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, 20)
     assert proc.pid not in pids()  # the workers export, not the master
