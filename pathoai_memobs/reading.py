@@ -84,31 +84,35 @@ def combine(  # noqa: PLR0917 -- positional on purpose: called on every sample
     below the host's memory applies, else host total minus MemAvailable;
     available = min(total - used, host MemAvailable), never below zero.
     """
-    # Written with plain comparisons, not min()/max(): this runs on every sample.
-    if cgroup_source is not None and cgroup_limit is not None and cgroup_working_set is not None:
-        limited = cgroup_limit < host_total
-    else:
-        limited = False
-    if limited:
-        total: int = cgroup_limit  # type: ignore[assignment]
-        used: int = cgroup_working_set if cgroup_working_set < total else total  # type: ignore[operator,assignment]
-        source: Source = cgroup_source  # type: ignore[assignment]
+    # Plain comparisons and a positional Reading, not min()/max() and keywords: this runs
+    # on every sample, up to ten times a second.
+    if (
+        cgroup_source is not None
+        and cgroup_limit is not None
+        and cgroup_working_set is not None
+        and cgroup_limit < host_total
+    ):
+        total = cgroup_limit
+        used = cgroup_working_set if cgroup_working_set < total else total
+        source: Source = cgroup_source
     else:
         total = host_total
         used = host_total - host_available if host_available < host_total else 0
         source = "host"
     available = total - used
-    available = min(available, host_available)
-    available = max(available, 0)
+    if host_available < available:  # noqa: PLR1730 -- see above
+        available = host_available
+    if available < 0:  # noqa: PLR1730
+        available = 0
     return Reading(
-        total_bytes=total,
-        used_bytes=used,
-        available_bytes=available,
-        process_rss_bytes=process_rss,
-        source=source,
-        timestamp=timestamp,
-        monotonic=monotonic,
-        host_total_bytes=host_total,
-        host_available_bytes=host_available,
-        cgroup_limit_bytes=cgroup_limit,
+        total,
+        used,
+        available,
+        process_rss,
+        source,
+        timestamp,
+        monotonic,
+        host_total,
+        host_available,
+        cgroup_limit,
     )

@@ -14,10 +14,11 @@ from .cgroup import (
     find_memory_cgroup,
     inactive_file,
 )
-from .host import HostReader, parse_meminfo
-from .process import ProcessReader, parse_statm_rss
+from .host import HostReader, meminfo_total_available
+from .process import PAGE_SIZE, ProcessReader
 
 _pread = os.pread
+_M = ord("m")
 
 
 class MemorySampler:
@@ -65,41 +66,41 @@ class MemorySampler:
         This runs up to ten times a second, so it reads the kept descriptors directly
         (one ``pread`` each) instead of going through the readers' methods.
         """
-        host_total, host_available = parse_meminfo(_pread(self._meminfo_fd, 8192, 0))
+        host_total, host_available = meminfo_total_available(_pread(self._meminfo_fd, 8192, 0))
         working_set = source = None
         now = self._clock()
         if now < self._limit_until:
             limit = self._limit
         else:
-            limit = None
+            lowest = UNLIMITED_AT
             for fd in self._limit_fds:
                 data = _pread(fd, 64, 0)
-                if data[:1].isdigit():  # "max" (v2) is unlimited
+                if data[0] != _M:  # "max" (v2) is unlimited
                     value = int(data)
-                    if value < UNLIMITED_AT and (limit is None or value < limit):
-                        limit = value
+                    if value < lowest:  # noqa: PLR1730 -- min() costs a call per file
+                        lowest = value
+            limit = lowest if lowest < UNLIMITED_AT else None
             if self.limit_ttl_s > 0:
                 self._limit, self._limit_until = limit, now + self.limit_ttl_s
-        cgroup = self.cgroup
-        if limit is not None and limit < host_total and cgroup is not None:
+        if limit is not None and limit < host_total:
+            cgroup = self.cgroup
+            assert cgroup is not None  # a limit comes only from a cgroup's files
             usage = int(_pread(self._usage_fd, 64, 0))
             inactive = inactive_file(_pread(self._stat_fd, 8192, 0), cgroup.inactive_key)
             working_set = usage - inactive if inactive < usage else 0
             source = cgroup.source
+        if rss:
+            self._last_rss = int(_pread(self._statm_fd, 256, 0).split(None, 2)[1]) * PAGE_SIZE
         return combine(
             host_total,
             host_available,
             source,
             limit,
             working_set,
-            self._rss() if rss else self._last_rss,
+            self._last_rss,
             self._wall_clock(),
             now,
         )
-
-    def _rss(self) -> int:
-        self._last_rss = parse_statm_rss(_pread(self._statm_fd, 256, 0))
-        return self._last_rss
 
     def close(self) -> None:
         self.host.close()
