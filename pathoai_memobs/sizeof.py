@@ -6,19 +6,26 @@ storages), so that a session holding one image and 256 numpy views of it, or the
 under two keys, is charged for the buffer once. Sizers are registered per type with
 ``register_sizeof``; numpy, PIL, torch and pandas are recognised without being imported.
 
-Huge containers are sampled: past ``MAX_ITEMS`` elements the first ``MAX_ITEMS`` are
-measured and the rest are estimated at their average, so one call stays bounded.
+Large containers are sampled, so one call stays bounded: past ``SAMPLE_ABOVE`` elements,
+``SAMPLE_SIZE`` of them, evenly spaced, are measured one by one, and the others are charged
+at the sampled items' average *own* bytes. What two or more sampled items reach (the image
+that tile views share, a common lookup table) is a shared buffer: it is charged once, at
+its true size, and never extrapolated.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Final
 
-MAX_ITEMS: Final = 100_000
+#: Containers with more elements than this are sampled (see the module docstring).
+SAMPLE_ABOVE: Final = 1_024
+#: How many evenly spaced elements of a sampled container are measured.
+SAMPLE_SIZE: Final = 256
 
 #: Types whose instances are measured by ``sys.getsizeof`` alone and never deduplicated.
 _SCALARS: Final = frozenset({int, float, complex, bool, type(None)})
@@ -30,12 +37,14 @@ class Charges:
     """Bytes a value costs: ``inline`` is its own, ``tracked`` maps identity -> bytes.
 
     ``device`` maps identity -> bytes of memory on an accelerator (GPU tensors); those never
-    count toward host memory.
+    count toward host memory. ``estimated`` says how many of the host bytes were
+    extrapolated from samples of large containers (0 when everything was measured).
     """
 
     inline: int = 0
     tracked: dict[int, int] = field(default_factory=dict)
     device: dict[int, int] = field(default_factory=dict)
+    estimated: int = 0
 
     @property
     def host_bytes(self) -> int:
@@ -60,7 +69,8 @@ def register_sizeof(cls: type, fn: SizeFn) -> None:
 
     ``fn`` calls ``sizer.charge(obj, nbytes)`` for memory it owns, ``sizer.charge_buffer(key,
     nbytes)`` for a buffer that others may share (the key names the buffer), and
-    ``sizer.visit(child)`` for objects it references.
+    ``sizer.visit(child)`` for objects it references, or ``sizer.visit_items(obj, elements,
+    count)`` for a collection of them (sampled past ``SAMPLE_ABOVE`` elements).
     """
     with _lock:
         _registry[cls] = fn
@@ -78,13 +88,45 @@ def unmark_shared(obj: object) -> None:
         _shared.pop(id(obj), None)
 
 
+_NOTHING: Container[int] = frozenset()
+
+
+class _SampleScope:
+    """What the measurement of one sampled element skips: identities paid before sampling
+    began, and those an earlier sampled element was charged for. Reaching one of the latter
+    is counted: an identity reached by two sampled elements is shared, not their own."""
+
+    __slots__ = ("before", "groups", "outer", "reached", "sampled")
+
+    def __init__(self, before: Mapping[int, int], outer: Container[int]) -> None:
+        self.before = before
+        self.outer = outer
+        self.sampled: dict[int, int] = {}  # identity -> bytes, for every sampled element
+        self.reached: dict[int, int] = {}  # identity -> how many sampled elements reach it
+        self.groups: dict[int, tuple[int, ...]] = {}  # object -> what it charged beyond itself
+
+    def __contains__(self, ident: object) -> bool:
+        if ident in self.sampled:
+            reached = self.reached
+            reached[ident] += 1
+            for key in self.groups.get(ident, ()):
+                reached[key] += 1  # reaching an image reaches its buffer too
+            return True
+        return ident in self.before or ident in self.outer
+
+
 class Sizer:
-    """One measurement: walks values, deduplicating by identity, bounded per container."""
+    """One measurement: walks values, deduplicating by identity, bounded per container.
 
-    __slots__ = ("charges",)
+    ``paid`` holds identities charged elsewhere (a sampled container measures each sampled
+    element in its own Sizer, which skips what the container's measurement already has).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_paid", "charges")
+
+    def __init__(self, paid: Container[int] = _NOTHING) -> None:
         self.charges = Charges()
+        self._paid = paid
 
     def charge(self, obj: object, nbytes: int) -> None:
         """Charge ``obj``'s own memory, once however often it is reached."""
@@ -100,26 +142,76 @@ class Sizer:
         if t in _SCALARS or (t is str and len(obj) < _SMALL_STR):  # type: ignore[arg-type]
             self.charges.inline += sys.getsizeof(obj)
             return
-        if id(obj) in self.charges.tracked or id(obj) in _shared:
+        ident = id(obj)
+        if ident in self.charges.tracked or ident in _shared or ident in self._paid:
             return
         fn = _cache.get(t)
         if fn is None:
             fn = _resolve(t)
-        fn(obj, self)
-
-    def visit_items(self, items: Any, length: int) -> None:
-        """Visit up to MAX_ITEMS children; estimate the rest at the measured average."""
-        if length <= MAX_ITEMS:
-            for item in items:
-                self.visit(item)
+        scope = self._paid
+        if type(scope) is not _SampleScope:
+            fn(obj, self)
             return
-        before = self.charges.host_bytes
-        for n, item in enumerate(items):
-            if n >= MAX_ITEMS:
-                break
-            self.visit(item)
-        measured = self.charges.host_bytes - before
-        self.charges.inline += measured * (length - MAX_ITEMS) // MAX_ITEMS
+        tracked = self.charges.tracked
+        start = len(tracked)
+        fn(obj, self)
+        if len(tracked) > start + 1:  # remember what reaching ``obj`` again also reaches
+            scope.groups[ident] = tuple(islice(tracked, start + 1, None))
+
+    def visit_items(
+        self, owner: object, items: Iterable[Any], length: int, *, pairs: bool = False
+    ) -> None:
+        """Visit the ``length`` elements of ``items`` (those of the container ``owner``),
+        sampling past ``SAMPLE_ABOVE``.
+
+        The estimate for the unmeasured elements is charged by ``owner``'s identity, so the
+        same container reached twice is not estimated twice. With ``pairs`` each element is
+        a (key, value) pair whose two parts are visited (a dict's items).
+        """
+        if length <= SAMPLE_ABOVE:
+            if pairs:
+                for k, v in items:
+                    self.visit(k)
+                    self.visit(v)
+            else:
+                for item in items:
+                    self.visit(item)
+            return
+        stride = length // SAMPLE_SIZE
+        charges = self.charges
+        scope = _SampleScope(charges.tracked, self._paid)
+        own = 0  # bytes that belong to one sampled element alone
+        count = 0
+        device: dict[int, list[int]] = {}  # GPU buffer -> [bytes, elements reaching it]
+        for item in islice(items, 0, None, stride):
+            count += 1
+            sub = Sizer(scope)
+            if pairs:
+                sub.visit(item[0])
+                sub.visit(item[1])
+            else:
+                sub.visit(item)
+            part = sub.charges
+            own += part.inline
+            charges.inline += part.inline
+            charges.estimated += part.estimated
+            reached = scope.reached
+            for ident in part.tracked:  # a buffer charged by key may come from two elements
+                reached[ident] = reached.get(ident, 0) + 1
+            scope.sampled.update(part.tracked)
+            for ident, nbytes in part.device.items():
+                device.setdefault(ident, [nbytes, 0])[1] += 1
+        own += sum(n for ident, n in scope.sampled.items() if scope.reached[ident] == 1)
+        own_device = sum(n for n, times in device.values() if times == 1)
+        charges.tracked.update(scope.sampled)
+        charges.device.update((ident, n) for ident, (n, _) in device.items())
+        unmeasured = length - count
+        estimate = own * unmeasured // count
+        charges.estimated += estimate
+        # Charged by the container's identity (ids are 16-byte aligned: no clash).
+        charges.tracked[id(owner) ^ 2] = estimate
+        if own_device:
+            charges.device[id(owner) ^ 2] = own_device * unmeasured // count
 
 
 def measure(value: object) -> Charges:
@@ -141,20 +233,26 @@ def _flat(obj: Any, sizer: Sizer) -> None:
     sizer.charge(obj, sys.getsizeof(obj))
 
 
+def _fold_inline(obj: object, sizer: Sizer, before: int) -> None:
+    """Move the inline bytes of ``obj``'s scalar children into ``obj``'s own entry, so the
+    same container reached twice (under two keys) is charged for them once."""
+    charges = sizer.charges
+    charges.tracked[id(obj)] += charges.inline - before
+    charges.inline = before
+
+
 def _sequence(obj: Any, sizer: Sizer) -> None:
-    sizer.charge(obj, sys.getsizeof(obj))
-    sizer.visit_items(obj, len(obj))
+    sizer.charge(obj, sys.getsizeof(obj))  # first: a child that refers back finds it
+    before = sizer.charges.inline
+    sizer.visit_items(obj, obj, len(obj))
+    _fold_inline(obj, sizer, before)
 
 
 def _mapping(obj: Any, sizer: Sizer) -> None:
     sizer.charge(obj, sys.getsizeof(obj))
-    length = len(obj)
-    if length <= MAX_ITEMS:
-        for k, v in obj.items():
-            sizer.visit(k)
-            sizer.visit(v)
-    else:
-        sizer.visit_items((x for kv in obj.items() for x in kv), 2 * length)
+    before = sizer.charges.inline
+    sizer.visit_items(obj, obj.items(), len(obj), pairs=True)
+    _fold_inline(obj, sizer, before)
 
 
 def _memoryview(obj: memoryview, sizer: Sizer) -> None:
@@ -166,6 +264,7 @@ def _memoryview(obj: memoryview, sizer: Sizer) -> None:
 def _object(obj: Any, sizer: Sizer) -> None:
     """Plain objects: the instance, its ``__dict__`` and its slots."""
     sizer.charge(obj, sys.getsizeof(obj))
+    before = sizer.charges.inline
     d = getattr(obj, "__dict__", None)
     if isinstance(d, dict):
         sizer.visit(d)
@@ -173,6 +272,7 @@ def _object(obj: Any, sizer: Sizer) -> None:
         for name in klass.__dict__.get("__slots__", ()):
             if name not in ("__dict__", "__weakref__") and hasattr(obj, name):
                 sizer.visit(getattr(obj, name))
+    _fold_inline(obj, sizer, before)
 
 
 def _ndarray(arr: Any, sizer: Sizer) -> None:

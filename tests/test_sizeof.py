@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pathoai_memobs import SessionManager, mark_shared, register_sizeof, unmark_shared
-from pathoai_memobs.sizeof import MAX_ITEMS, measure, sizeof
+from pathoai_memobs.sizeof import SAMPLE_ABOVE, SAMPLE_SIZE, measure, sizeof
 
 
 def test_builtins() -> None:
@@ -56,10 +56,77 @@ def test_cycles_terminate() -> None:
     assert sizeof(d) > 0
 
 
-def test_huge_containers_are_sampled_within_bounds() -> None:
-    big = [float(i) for i in range(MAX_ITEMS * 3)]
+def test_small_containers_are_measured_exactly() -> None:
+    items = [float(i) for i in range(SAMPLE_ABOVE)]
+    charges = measure(items)
+    assert charges.estimated == 0
+    assert charges.host_bytes == sys.getsizeof(items) + len(items) * sys.getsizeof(1.0)
+
+
+def test_large_containers_are_sampled_within_bounds() -> None:
+    big = [float(i) for i in range(300_000)]
     exact = sys.getsizeof(big) + len(big) * sys.getsizeof(1.0)
-    assert abs(sizeof(big) - exact) <= 0.01 * exact
+    charges = measure(big)
+    items = len(big) * sys.getsizeof(1.0)
+    assert charges.estimated > 0.9 * items  # most of the items were extrapolated...
+    assert abs(charges.host_bytes - exact) <= 0.01 * exact  # ...and it is right
+
+    table = {f"key-{i:06d}": [i, i + 1] for i in range(50_000)}
+    one = sys.getsizeof("key-000000") + sys.getsizeof([0, 1]) + 2 * sys.getsizeof(1)
+    exact = sys.getsizeof(table) + len(table) * one
+    assert abs(sizeof(table) - exact) <= 0.01 * exact
+
+
+def test_sampling_never_extrapolates_a_shared_buffer() -> None:
+    """5,000 views of one 8 MiB image: the image is reached by every sampled view, so it is
+    charged once, and only the views' own headers are extrapolated."""
+    image = np.zeros((2048, 4096), np.uint8)
+    views = [image[i % 2000 : i % 2000 + 16] for i in range(5_000)]
+    header = sys.getsizeof(views[0])
+    expected = image.nbytes + sys.getsizeof(views) + len(views) * header
+    charges = measure(views)
+    assert charges.estimated > 0
+    assert abs(charges.host_bytes - expected) <= 0.01 * expected
+
+
+def test_a_sampled_container_under_two_keys_is_estimated_once() -> None:
+    m = SessionManager()
+    sid = m.create_session()
+    big = [{"score": i / 7} for i in range(20_000)]
+    m.update_session(sid, a=big)
+    one = m.get_session(sid).memory_bytes  # type: ignore[union-attr]
+    assert measure(big).estimated > 0
+    m.update_session(sid, b=big)
+    assert m.get_session(sid).memory_bytes == one  # type: ignore[union-attr]
+
+
+class FakeDeviceTensor:
+    """Stands in for a GPU tensor: device bytes under its storage's key."""
+
+    def __init__(self, storage: object, nbytes: int) -> None:
+        self.storage = storage
+        self.nbytes = nbytes
+
+
+def test_sampling_extrapolates_device_bytes_only_per_element() -> None:
+    register_sizeof(
+        FakeDeviceTensor,
+        lambda t, sizer: sizer.charge_buffer(id(t.storage), t.nbytes, device=True),
+    )
+    distinct = [FakeDeviceTensor(object(), 1 << 20) for _ in range(5_000)]
+    assert abs(measure(distinct).device_bytes - 5_000 * (1 << 20)) <= 0.01 * 5_000 * (1 << 20)
+    storage = object()
+    views = [FakeDeviceTensor(storage, 1 << 30) for _ in range(5_000)]
+    assert measure(views).device_bytes == 1 << 30
+    assert measure(views).host_bytes < 1 << 20  # device memory is never host memory
+
+
+def test_sampling_measures_evenly_spaced_elements() -> None:
+    """Small items first and large ones last: taking the first elements would miss them."""
+    items = [b"" for _ in range(5_000)] + [b"x" * 10_000 for _ in range(5_000)]
+    exact = sys.getsizeof(items) + sum(sys.getsizeof(b) for b in items)
+    assert abs(sizeof(items) - exact) <= 0.02 * exact
+    assert len(items) // (len(items) // SAMPLE_SIZE) <= 2 * SAMPLE_SIZE
 
 
 def test_objects_with_dict_and_slots() -> None:
