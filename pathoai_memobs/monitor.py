@@ -40,10 +40,12 @@ from .logging import (
 )
 from .pressure import (
     Level,
+    RestBand,
     Thresholds,
     classify,
     headroom_bytes,
     next_interval,
+    rest_band,
     retry_after_s,
 )
 from .readers.psi import Pressure, PsiReader, psi_path
@@ -148,6 +150,7 @@ class MemoryMonitor:
         self._level = Level.NORMAL
         self._last_good_wall = 0.0
         self._samples = 0
+        self._rest_samples = 0  # written by the background thread alone
         self._errors: Counter[str] = Counter()
         self._rejected = 0
         self._reject_log = RateLimit(1.0, clock)
@@ -223,7 +226,9 @@ class MemoryMonitor:
 
     @property
     def samples_total(self) -> int:
-        return self._samples
+        """Readings taken: by ``sample()`` and the background thread's full steps, and its
+        cheap at-rest looks."""
+        return self._samples + self._rest_samples
 
     @property
     def errors_total(self) -> dict[str, int]:
@@ -242,7 +247,14 @@ class MemoryMonitor:
 
     @property
     def thread_cpu_seconds(self) -> float:
-        """CPU time the background thread has used since it started."""
+        """CPU time the background thread has used since it started (read from its CPU
+        clock by the caller, so measuring costs the thread nothing)."""
+        thread = self._thread
+        if thread is not None and thread.ident is not None and thread.is_alive():
+            try:
+                return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+            except OSError:  # it ended just now
+                pass
         return self._cpu_seconds
 
     @property
@@ -405,41 +417,76 @@ class MemoryMonitor:
             return None
 
     def _loop(self) -> None:
-        cpu_start = time.thread_time()
         base = self.config.monitoring_interval_sec
-        while not self._stopping.is_set():
-            interval = base
-            try:
-                interval = self.tick()
-            except Exception as exc:
-                self._count_error("sample", exc)
-            self._cpu_seconds = time.thread_time() - cpu_start
-            wakeups = self._wakeups
-            if self._clock() < self._burst_until:
-                interval = min(interval, BURST_INTERVAL_S)
-            if wakeups is None:
-                self._stopping.wait(interval)
-            else:
-                for source in wakeups.wait(interval):
-                    self._wakeup_counts[source] += 1
-                    if source != "kick":  # the kernel saw something: look closely a moment
-                        self._burst_until = self._clock() + BURST_S
+        sampler = self._sampler
+        fast = sampler.sample if isinstance(sampler, MemorySampler) else None
+        band: RestBand | None = None
+        try:
+            while not self._stopping.is_set():
+                interval = base
+                try:
+                    reading = None
+                    if band is not None and fast is not None and self._level is Level.NORMAL:
+                        # At rest: one reading and three comparisons, the rest of the step
+                        # only when the reading leaves the band (or RSS and PSI are due).
+                        now = self._clock()
+                        if self._burst_until <= now < self._rss_next:
+                            reading = fast(rss=False)
+                            if band.holds(
+                                reading.total_bytes, reading.used_bytes, reading.available_bytes
+                            ):
+                                self._last = reading
+                                self._last_good_wall = reading.timestamp
+                                self._rest_samples += 1
+                                self._sleep(base)
+                                continue
+                    interval = self._step(reading if reading is not None else self._take())
+                    band = None
+                    last = self._last
+                    if self._level is Level.NORMAL and interval >= base and last is not None:
+                        band = rest_band(last.total_bytes, self.thresholds, base)
+                except Exception as exc:
+                    band = None
+                    self._count_error("sample", exc)
+                self._sleep(interval)
+        finally:
+            self._cpu_seconds = time.thread_time()  # the thread's CPU clock starts at 0
+
+    def _sleep(self, interval: float) -> None:
+        """Wait for the next sample: the interval, or less after a kernel wake-up."""
+        if self._clock() < self._burst_until:
+            interval = min(interval, BURST_INTERVAL_S)
+        wakeups = self._wakeups
+        if wakeups is None:
+            self._stopping.wait(interval)
+            return
+        for source in wakeups.wait(interval):
+            self._wakeup_counts[source] += 1
+            if source != "kick":  # the kernel saw something: look closely a moment
+                self._burst_until = self._clock() + BURST_S
 
     def tick(self) -> float:
         """One step of the background loop: sample, act on the level, and return how long
-        to sleep before the next (shorter the closer memory is to a rung).
+        to sleep before the next (shorter the closer memory is to a rung)."""
+        return self._step(self._take())
 
-        At rest the process RSS is re-read only every few seconds: no decision uses it,
-        and each file read after a sleep costs a cold kernel path."""
+    def _take(self) -> Reading:
+        """A reading for the background loop. At rest the process RSS is re-read only every
+        few seconds: no decision uses it, and each file read after a sleep costs a cold
+        kernel path."""
         sampler = self._sampler
         if isinstance(sampler, MemorySampler):
             now = self._clock()
             fresh_rss = self._level is not Level.NORMAL or now >= self._rss_next
             if fresh_rss:
                 self._rss_next = now + REST_PERIOD_S
-            reading = self._observe(sampler.sample(rss=fresh_rss))
-        else:
-            reading = self.sample()
+            return sampler.sample(rss=fresh_rss)
+        return sampler.sample()
+
+    def _step(self, reading: Reading) -> float:
+        """Observe ``reading``, read PSI when due, arm kernel thresholds, act on the level;
+        the time to the next sample."""
+        self._observe(reading)
         self._read_psi()
         wakeups = self._wakeups
         if wakeups is not None and reading.source == "cgroup_v1" and reading.cgroup_limit_bytes:

@@ -103,6 +103,46 @@ def headroom_bytes(total_bytes: int, used_bytes: int, available_bytes: int, t: T
     return max(0, room)
 
 
+@dataclass(frozen=True)
+class RestBand:
+    """Readings in which nothing can change: with ``total_bytes`` unchanged, at least
+    ``min_available_bytes`` available and at most ``max_used_bytes`` used, a monitor that was
+    NORMAL stays NORMAL and waits its full interval again (see ``rest_band``)."""
+
+    total_bytes: int
+    min_available_bytes: int
+    max_used_bytes: int
+
+    def holds(self, total_bytes: int, used_bytes: int, available_bytes: int) -> bool:
+        return (
+            total_bytes == self.total_bytes
+            and available_bytes >= self.min_available_bytes
+            and used_bytes <= self.max_used_bytes
+        )
+
+
+def rest_band(
+    total_bytes: int,
+    t: Thresholds,
+    base_interval_s: float,
+    *,
+    fill_rate_bps: float = ASSUMED_FILL_RATE_BPS,
+) -> RestBand:
+    """The band of readings, for this total, that are NORMAL and far enough from every rung
+    that ``next_interval`` gives the full ``base_interval_s``: the headroom to the floor and
+    to the warning rung both cover ``fill_rate_bps`` for one interval.
+
+    The monitor's background thread checks a reading against it with three comparisons and
+    skips the rest of its step while readings stay inside.
+    """
+    margin = math.ceil(fill_rate_bps * base_interval_s)
+    return RestBand(
+        total_bytes,
+        t.floor_bytes + margin,
+        int(t.warning_ratio * total_bytes) - margin,
+    )
+
+
 def next_interval(
     headroom: int,
     base_interval_s: float,

@@ -16,6 +16,7 @@ from pathoai_memobs.pressure import (
     classify,
     headroom_bytes,
     next_interval,
+    rest_band,
     retry_after_s,
 )
 
@@ -128,3 +129,32 @@ def test_retry_after_hint() -> None:
     assert retry_after_s(Level.NORMAL, 1.0) == 2
     assert retry_after_s(Level.EMERGENCY, 1.0, cooldown_left_s=3.2) == 6
     assert retry_after_s(Level.NORMAL, 0.1) == 1
+
+
+@given(
+    total=st.integers(2 * GIB, 512 * GIB),
+    used_share=st.floats(0, 1),
+    interval=st.sampled_from([0.1, 0.5, 1.0, 5.0]),
+)
+def test_rest_band_is_exactly_where_nothing_changes(
+    total: int, used_share: float, interval: float
+) -> None:
+    """Inside the band a NORMAL monitor stays NORMAL and waits its full interval; one byte
+    past either edge, the full step would pace faster."""
+    band = rest_band(total, T, interval)
+    used = int(total * used_share)
+    available = total - used
+    inside = band.holds(total, used, available)
+    full = next_interval(headroom_bytes(total, used, available, T), interval) == interval
+    if inside:
+        assert classify(used / total, available, T, Level.NORMAL) is Level.NORMAL
+        assert full
+    # Tight (above the fastest pace): the band's edge reading holds, one byte past it the
+    # full step would pace faster.
+    edge_used = band.max_used_bytes
+    if interval > MIN_INTERVAL_S and total - edge_used >= band.min_available_bytes:
+        assert band.holds(total, edge_used, total - edge_used)
+        past = (total, edge_used + 1, total - edge_used - 1)
+        assert not band.holds(*past)
+        assert next_interval(headroom_bytes(*past, T), interval) < interval
+    assert not band.holds(total + 1, used, available)  # a changed total is a new picture

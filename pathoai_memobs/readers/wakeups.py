@@ -138,8 +138,11 @@ class Wakeups:
 
     def wait(self, timeout_s: float) -> tuple[str, ...]:
         """Sleep up to ``timeout_s``; the names of the sources that ended it early."""
+        events = self._poll.poll(max(0, int(timeout_s * 1000)))
+        if not events:  # the usual case: the timeout ran out
+            return ()
         fired = []
-        for fd, _mask in self._poll.poll(max(0, int(timeout_s * 1000))):
+        for fd, _mask in events:
             if fd == self._kick_r:
                 with contextlib.suppress(OSError):
                     os.read(self._kick_r, 4096)
