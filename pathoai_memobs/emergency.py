@@ -9,7 +9,6 @@ its time budget.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from bisect import bisect_left
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Final
 
-from .logging import CLEANUP_CALLBACK_FAILED, CLEANUP_CALLBACK_OVERRAN, emit
+from .logging import CLEANUP_CALLBACK_FAILED, CLEANUP_CALLBACK_OVERRAN, ERROR, WARNING, emit
 
 CleanupCallback = Callable[[], object]
 
@@ -145,7 +144,7 @@ def run_with_budget(
             with lock:
                 totals.callback_failures[cb.name] += 1
             emit(
-                logging.ERROR,
+                ERROR,
                 CLEANUP_CALLBACK_FAILED,
                 callback=cb.name,
                 error=type(exc).__name__,
@@ -161,7 +160,7 @@ def run_with_budget(
         with lock:
             totals.callback_overruns[cb.name] += 1
         emit(
-            logging.WARNING,
+            WARNING,
             CLEANUP_CALLBACK_OVERRAN,
             callback=cb.name,
             budget_s=budget_s,

@@ -7,19 +7,28 @@ applications (and the CLI): JSON lines in production, a readable console in a te
 with other libraries' stdlib records rendered the same way.
 
 Session ids are secrets: no event carries one. Sessions appear by fingerprint only.
-structlog is imported on the first event, so ``import pathoai_memobs`` stays light.
+structlog, and stdlib logging itself, are imported on the first event, so
+``import pathoai_memobs`` stays light.
 """
 
 from __future__ import annotations
 
 import functools
-import logging as _stdlib
 import sys
 import threading
 import time
-from typing import Any, Final, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Final, Literal, TextIO
+
+if TYPE_CHECKING:
+    import logging as _stdlib
 
 LOGGER_NAME: Final = "pathoai_memobs"
+
+# Severities: stdlib logging's numbers, so callers need not import it to emit.
+DEBUG: Final = 10
+INFO: Final = 20
+WARNING: Final = 30
+ERROR: Final = 40
 
 # Event names: public, stable, documented in docs/logging.md.
 LEVEL_CHANGED: Final = "memory_level_changed"
@@ -37,11 +46,18 @@ Format = Literal["auto", "json", "console"]
 
 
 @functools.cache
+def _stdlib_logger() -> _stdlib.Logger:
+    import logging  # noqa: PLC0415 -- about 0.7 MiB, paid when something is logged
+
+    return logging.getLogger(LOGGER_NAME)
+
+
+@functools.cache
 def _logger() -> Any:
     import structlog  # noqa: PLC0415 -- 40 ms of import, paid on the first event only
 
     return structlog.wrap_logger(
-        _stdlib.getLogger(LOGGER_NAME),
+        _stdlib_logger(),
         processors=[
             structlog.processors.format_exc_info,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
@@ -52,7 +68,7 @@ def _logger() -> Any:
 
 def emit(severity: int, event: str, /, **fields: Any) -> None:
     """Send one structured event (no-op when the stdlib logger would drop that level)."""
-    if _stdlib.getLogger(LOGGER_NAME).isEnabledFor(severity):
+    if _stdlib_logger().isEnabledFor(severity):
         _logger().log(severity, event, **fields)
 
 
@@ -86,6 +102,8 @@ def configure_logging(
     ``auto`` picks console when ``stream`` is a terminal and JSON otherwise. Returns the
     handler, so a caller (or a test) can remove it again.
     """
+    import logging  # noqa: PLC0415
+
     import structlog  # noqa: PLC0415
 
     out = stream if stream is not None else sys.stderr
@@ -110,9 +128,9 @@ def configure_logging(
             renderer,
         ],
     )
-    handler = _stdlib.StreamHandler(out)
+    handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
-    root = _stdlib.getLogger()
+    root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level)
     return handler

@@ -11,7 +11,6 @@ request starts an emergency cleanup in the background, it never waits for one.
 from __future__ import annotations
 
 import gc
-import logging
 import math
 import threading
 import time
@@ -31,10 +30,13 @@ from .emergency import (
 from .exceptions import InsufficientMemoryError
 from .logging import (
     EMERGENCY_CLEANUP,
+    ERROR,
+    INFO,
     LEVEL_CHANGED,
     MONITOR_ERROR,
     PROACTIVE_GC,
     REQUEST_REJECTED,
+    WARNING,
     RateLimit,
     emit,
 )
@@ -185,9 +187,13 @@ class MemoryMonitor:
 
     def sample(self) -> Reading:
         """Take a fresh reading (bytes), remember it, and move the level accordingly."""
-        return self._observe(self._sampler.sample())
+        reading = self._sampler.sample()
+        self._observe(reading)
+        return reading
 
-    def _observe(self, reading: Reading) -> Reading:
+    def _observe(self, reading: Reading, required: int = 0, hold: bool = False) -> tuple[bool, int]:
+        """Record ``reading`` and move the level; then, under the same lock, admit
+        ``required`` bytes (holding them when ``hold``): (admitted, bytes reserved before)."""
         with self._lock:
             previous = self._level
             level = classify(reading.used_ratio, reading.available_bytes, self.thresholds, previous)
@@ -195,9 +201,15 @@ class MemoryMonitor:
             self._last = reading
             self._last_good_wall = reading.timestamp
             self._samples += 1
+            reserved = self._reserved_bytes
+            admitted = level is not Level.EMERGENCY and admits(
+                reading.available_bytes, reserved, required, self._floor_bytes
+            )
+            if admitted and hold:
+                self._reserved_bytes = reserved + required
         if level is not previous:
             self._level_changed(previous, level, reading)
-        return reading
+        return admitted, reserved
 
     @property
     def last_reading(self) -> Reading | None:
@@ -269,7 +281,7 @@ class MemoryMonitor:
 
     def _level_changed(self, previous: Level, level: Level, reading: Reading) -> None:
         emit(
-            logging.WARNING if level > previous else logging.INFO,
+            WARNING if level > previous else INFO,
             LEVEL_CHANGED,
             pressure_level=level.name,
             previous_level=previous.name,
@@ -299,13 +311,9 @@ class MemoryMonitor:
         returns False. Bad input raises ValueError.
         """
         required = to_bytes_mb(required_mb)
-        reading = self.sample()
-        with self._lock:
-            reserved = self._reserved_bytes
-            ok = self._level is not Level.EMERGENCY and admits(
-                reading.available_bytes, reserved, required, self._floor_bytes
-            )
-        if ok:
+        reading = self._sampler.sample()
+        admitted, reserved = self._observe(reading, required)
+        if admitted:
             return True
         error = self._refuse(required, reading, reserved)
         if self.config.enable_request_rejection:
@@ -321,14 +329,8 @@ class MemoryMonitor:
         disabled, a refused reservation still raises, since the block cannot be skipped.
         """
         required = to_bytes_mb(required_mb)
-        reading = self.sample()
-        with self._lock:
-            reserved = self._reserved_bytes
-            admitted = self._level is not Level.EMERGENCY and admits(
-                reading.available_bytes, reserved, required, self._floor_bytes
-            )
-            if admitted:
-                self._reserved_bytes = reserved + required
+        reading = self._sampler.sample()
+        admitted, reserved = self._observe(reading, required, hold=True)
         if not admitted:
             raise self._refuse(required, reading, reserved)
         try:
@@ -347,7 +349,7 @@ class MemoryMonitor:
         held = self._reject_log.allow()
         if held is not None:
             emit(
-                logging.WARNING,
+                WARNING,
                 REQUEST_REJECTED,
                 required_bytes=required,
                 available_bytes=reading.available_bytes,
@@ -526,7 +528,7 @@ class MemoryMonitor:
             self._next_proactive = now + self.proactive_gc_interval_s
             stats = self._gc().proactive_collect("proactive")
             emit(
-                logging.INFO,
+                INFO,
                 PROACTIVE_GC,
                 pressure_level=level.name,
                 skipped=bool(stats.get("skipped")),
@@ -539,7 +541,7 @@ class MemoryMonitor:
     def _count_error(self, where: str, exc: BaseException) -> None:
         with self._lock:
             self._errors[where] += 1
-        emit(logging.ERROR, MONITOR_ERROR, where=where, error=type(exc).__name__, exc_info=exc)
+        emit(ERROR, MONITOR_ERROR, where=where, error=type(exc).__name__, exc_info=exc)
 
     def _gc(self) -> GarbageCollectionManager:
         if self._gc_manager is None:
@@ -666,7 +668,7 @@ class MemoryMonitor:
             self._runs = [*self._runs[-(RUN_LOG - 1) :], run]
             self._runs_total += 1
         emit(
-            logging.WARNING,
+            WARNING,
             EMERGENCY_CLEANUP,
             reason=reason,
             restored=run.restored,

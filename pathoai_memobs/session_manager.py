@@ -16,7 +16,6 @@ import bisect
 import collections
 import hashlib
 import hmac
-import logging
 import math
 import secrets
 import threading
@@ -29,7 +28,7 @@ from typing import Any, Final, Literal
 
 from .config import MemoryConfig
 from .exceptions import SessionMemoryLimitError, SessionNotFoundError
-from .logging import MONITOR_ERROR, SESSION_HOOK_FAILED, SESSION_REMOVED, emit
+from .logging import ERROR, INFO, MONITOR_ERROR, SESSION_HOOK_FAILED, SESSION_REMOVED, emit
 from .sizeof import Charges, measure
 
 GIB: Final = 1 << 30
@@ -374,7 +373,7 @@ class SessionManager:
                 self.cleanup_inactive_sessions()
             except Exception as exc:  # the sweeper must never die
                 emit(
-                    logging.ERROR,
+                    ERROR,
                     MONITOR_ERROR,
                     where="session_sweep",
                     error=type(exc).__name__,
@@ -522,7 +521,7 @@ class SessionManager:
     def _run_hooks(
         self, sid: str, data: Mapping[str, Any], reason: str, fp: str, nbytes: int
     ) -> None:
-        emit(logging.INFO, SESSION_REMOVED, session=fp, reason=reason, bytes=nbytes)
+        emit(INFO, SESSION_REMOVED, session=fp, reason=reason, bytes=nbytes)
         for hook in list(self._hooks):
             try:
                 hook(sid, data, reason)
@@ -530,7 +529,7 @@ class SessionManager:
                 with self._lock:
                     self._hook_failures += 1
                 emit(
-                    logging.ERROR,
+                    ERROR,
                     SESSION_HOOK_FAILED,
                     session=fp,
                     reason=reason,
