@@ -94,25 +94,54 @@ _NOTHING: Container[int] = frozenset()
 class _SampleScope:
     """What the measurement of one sampled element skips: identities paid before sampling
     began, and those an earlier sampled element was charged for. Reaching one of the latter
-    is counted: an identity reached by two sampled elements is shared, not their own."""
+    is counted, with everything it charged (host and device): a key reached by two sampled
+    elements is shared, not their own."""
 
-    __slots__ = ("before", "groups", "outer", "reached", "sampled")
+    __slots__ = (
+        "before",
+        "groups",
+        "outer",
+        "reached",
+        "reached_device",
+        "sampled",
+        "sampled_device",
+    )
 
     def __init__(self, before: Mapping[int, int], outer: Container[int]) -> None:
         self.before = before
         self.outer = outer
         self.sampled: dict[int, int] = {}  # identity -> bytes, for every sampled element
+        self.sampled_device: dict[int, int] = {}
         self.reached: dict[int, int] = {}  # identity -> how many sampled elements reach it
-        self.groups: dict[int, tuple[int, ...]] = {}  # object -> what it charged beyond itself
+        self.reached_device: dict[int, int] = {}
+        # object -> the host and device keys charged while visiting it
+        self.groups: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}
 
     def __contains__(self, ident: object) -> bool:
         if ident in self.sampled:
-            reached = self.reached
-            reached[ident] += 1
-            for key in self.groups.get(ident, ()):
-                reached[key] += 1  # reaching an image reaches its buffer too
+            host, device = self.groups.get(ident, ((ident,), ()))
+            for key in host:  # reaching an image reaches its buffer too
+                self.reached[key] += 1
+            for key in device:
+                self.reached_device[key] += 1
             return True
         return ident in self.before or ident in self.outer
+
+    def add(self, part: Charges) -> None:
+        """Take in one sampled element's charges, counting the elements reaching each key
+        (a buffer charged by key may come from two elements)."""
+        for reached, keys in ((self.reached, part.tracked), (self.reached_device, part.device)):
+            for key in keys:
+                reached[key] = reached.get(key, 0) + 1
+        self.sampled.update(part.tracked)
+        self.sampled_device.update(part.device)
+
+    def own_bytes(self) -> tuple[int, int]:
+        """Host and device bytes reached by one sampled element alone."""
+        return (
+            sum(n for key, n in self.sampled.items() if self.reached[key] == 1),
+            sum(n for key, n in self.sampled_device.items() if self.reached_device[key] == 1),
+        )
 
 
 class Sizer:
@@ -152,11 +181,15 @@ class Sizer:
         if type(scope) is not _SampleScope:
             fn(obj, self)
             return
-        tracked = self.charges.tracked
-        start = len(tracked)
+        tracked, device = self.charges.tracked, self.charges.device
+        start, device_start = len(tracked), len(device)
         fn(obj, self)
-        if len(tracked) > start + 1:  # remember what reaching ``obj`` again also reaches
-            scope.groups[ident] = tuple(islice(tracked, start + 1, None))
+        if len(tracked) > start + 1 or len(device) > device_start:
+            # Remember what reaching ``obj`` again also reaches (beyond ``obj`` itself).
+            scope.groups[ident] = (
+                tuple(islice(tracked, start, None)),
+                tuple(islice(device, device_start, None)),
+            )
 
     def visit_items(
         self, owner: object, items: Iterable[Any], length: int, *, pairs: bool = False
@@ -180,9 +213,8 @@ class Sizer:
         stride = length // SAMPLE_SIZE
         charges = self.charges
         scope = _SampleScope(charges.tracked, self._paid)
-        own = 0  # bytes that belong to one sampled element alone
+        own_inline = 0  # scalar bytes of the sampled elements, all their own
         count = 0
-        device: dict[int, list[int]] = {}  # GPU buffer -> [bytes, elements reaching it]
         for item in islice(items, 0, None, stride):
             count += 1
             sub = Sizer(scope)
@@ -191,22 +223,15 @@ class Sizer:
                 sub.visit(item[1])
             else:
                 sub.visit(item)
-            part = sub.charges
-            own += part.inline
-            charges.inline += part.inline
-            charges.estimated += part.estimated
-            reached = scope.reached
-            for ident in part.tracked:  # a buffer charged by key may come from two elements
-                reached[ident] = reached.get(ident, 0) + 1
-            scope.sampled.update(part.tracked)
-            for ident, nbytes in part.device.items():
-                device.setdefault(ident, [nbytes, 0])[1] += 1
-        own += sum(n for ident, n in scope.sampled.items() if scope.reached[ident] == 1)
-        own_device = sum(n for n, times in device.values() if times == 1)
+            own_inline += sub.charges.inline
+            charges.estimated += sub.charges.estimated
+            scope.add(sub.charges)
+        charges.inline += own_inline
         charges.tracked.update(scope.sampled)
-        charges.device.update((ident, n) for ident, (n, _) in device.items())
+        charges.device.update(scope.sampled_device)
+        own_host, own_device = scope.own_bytes()
         unmeasured = length - count
-        estimate = own * unmeasured // count
+        estimate = (own_inline + own_host) * unmeasured // count
         charges.estimated += estimate
         # Charged by the container's identity (ids are 16-byte aligned: no clash).
         charges.tracked[id(owner) ^ 2] = estimate

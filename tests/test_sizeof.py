@@ -109,16 +109,19 @@ class FakeDeviceTensor:
 
 
 def test_sampling_extrapolates_device_bytes_only_per_element() -> None:
-    register_sizeof(
-        FakeDeviceTensor,
-        lambda t, sizer: sizer.charge_buffer(id(t.storage), t.nbytes, device=True),
-    )
+    def fake_tensor(t: FakeDeviceTensor, sizer: Any) -> None:  # as the torch sizer does
+        sizer.charge(t, sys.getsizeof(t))
+        sizer.charge_buffer(id(t.storage), t.nbytes, device=True)
+
+    register_sizeof(FakeDeviceTensor, fake_tensor)
     distinct = [FakeDeviceTensor(object(), 1 << 20) for _ in range(5_000)]
     assert abs(measure(distinct).device_bytes - 5_000 * (1 << 20)) <= 0.01 * 5_000 * (1 << 20)
     storage = object()
     views = [FakeDeviceTensor(storage, 1 << 30) for _ in range(5_000)]
     assert measure(views).device_bytes == 1 << 30
     assert measure(views).host_bytes < 1 << 20  # device memory is never host memory
+    one = FakeDeviceTensor(object(), 1 << 30)
+    assert measure([one] * 5_000).device_bytes == 1 << 30  # one tensor, reached 5,000 times
 
 
 def test_sampling_measures_evenly_spaced_elements() -> None:
