@@ -66,6 +66,20 @@ def monitors() -> Iterator[list[MemoryMonitor]]:
         m.stop()
 
 
+def started_in_v2_tree(tmp_path: Path, monitors: list[MemoryMonitor]) -> MemoryMonitor:
+    """A started 50 Hz monitor reading a v2 fixture tree: 512 MiB used of a 2 GiB limit."""
+    v2_tree(
+        tmp_path,
+        current=512 * MIB,
+        inactive_file=0,
+        limits={"/system.slice/app.service": str(2 * GIB)},
+    )
+    m = MemoryMonitor(MemoryConfig(monitoring_interval_sec=0.02), root=str(tmp_path))
+    monitors.append(m)
+    m.start()
+    return m
+
+
 # -- background thread --------------------------------------------------------------------
 
 
@@ -116,15 +130,7 @@ def test_a_failing_reading_is_counted_and_the_loop_goes_on(
 
 
 def test_an_unparseable_cgroup_file_mid_run(tmp_path: Path, monitors: list[MemoryMonitor]) -> None:
-    v2_tree(
-        tmp_path,
-        current=512 * MIB,
-        inactive_file=0,
-        limits={"/system.slice/app.service": str(2 * GIB)},
-    )
-    m = MemoryMonitor(MemoryConfig(monitoring_interval_sec=0.02), root=str(tmp_path))
-    monitors.append(m)
-    m.start()
+    m = started_in_v2_tree(tmp_path, monitors)
     wait_for(lambda: m.samples_total >= 2)
     current = next(tmp_path.rglob("memory.current"))
     current.write_text("garbage\n")
@@ -396,15 +402,7 @@ def test_logs_render_as_json_lines(tmp_path: Path) -> None:
 def test_at_rest_the_thread_looks_cheaply_and_leaves_rest_on_the_first_bad_reading(
     tmp_path: Path, monitors: list[MemoryMonitor]
 ) -> None:
-    v2_tree(
-        tmp_path,
-        current=512 * MIB,
-        inactive_file=0,
-        limits={"/system.slice/app.service": str(2 * GIB)},
-    )
-    m = MemoryMonitor(MemoryConfig(monitoring_interval_sec=0.02), root=str(tmp_path))
-    monitors.append(m)
-    m.start()
+    m = started_in_v2_tree(tmp_path, monitors)
     wait_for(lambda: m.samples_total >= 20)
     assert m._rest_samples > 0  # the at-rest path ran
     assert m.level is Level.NORMAL

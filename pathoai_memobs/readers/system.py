@@ -15,7 +15,7 @@ from .cgroup import (
     inactive_file,
 )
 from .host import HostReader, meminfo_total_available
-from .process import PAGE_SIZE, ProcessReader
+from .process import ProcessReader, parse_statm_rss
 
 _pread = os.pread
 _M = ord("m")
@@ -75,7 +75,7 @@ class MemorySampler:
             lowest = UNLIMITED_AT
             for fd in self._limit_fds:
                 data = _pread(fd, 64, 0)
-                if data[0] != _M:  # "max" (v2) is unlimited
+                if data and data[0] != _M:  # "max" (v2) or empty: unlimited, as parse_limit
                     value = int(data)
                     if value < lowest:  # noqa: PLR1730 -- min() costs a call per file
                         lowest = value
@@ -90,7 +90,7 @@ class MemorySampler:
             working_set = usage - inactive if inactive < usage else 0
             source = cgroup.source
         if rss:
-            self._last_rss = int(_pread(self._statm_fd, 256, 0).split(None, 2)[1]) * PAGE_SIZE
+            self._last_rss = parse_statm_rss(_pread(self._statm_fd, 256, 0))
         return combine(
             host_total,
             host_available,
