@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+from pathoai_memobs.stack import terminate
+
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -113,9 +115,7 @@ def test_demo_serves_metrics_with_sessions_and_cleans_up() -> None:
         assert created > 0
         out, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        terminate(proc)  # SIGTERM first: the stack command then stops its own servers
     assert proc.returncode == 0, err
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert rows and rows[-1]["sessions_created"] > 0
@@ -162,9 +162,7 @@ def test_stack_starts_prometheus_and_alertmanager_and_stops_them() -> None:
             assert r.status == 200
         out, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        terminate(proc)  # SIGTERM first: the stack command then stops its own servers
     assert proc.returncode == 0, err
     assert "stack stopped" in out
     time.sleep(0.5)
