@@ -54,6 +54,7 @@ from .readers.psi import Pressure, PsiReader, psi_path
 from .readers.system import MemorySampler
 from .readers.wakeups import Wakeups
 from .reading import MIB, MemoryMetrics, Reading
+from .rest import EVENT, LEFT, NativeRest
 
 if TYPE_CHECKING:
     from .gc_manager import GarbageCollectionManager
@@ -62,9 +63,13 @@ if TYPE_CHECKING:
 THREAD_NAME = "pathoai-memory-monitor"
 #: How long the monitor reuses cgroup limits before reading them again.
 LIMIT_TTL_S = 1.0
-#: At rest (NORMAL), PSI and the process RSS are read at most this often: no decision
-#: uses them, and every read after a sleep costs tens of microseconds of cold kernel path.
+#: At rest (NORMAL), the Python loop re-reads the process RSS at most this often: no
+#: decision uses it, and every read after a sleep costs tens of microseconds of cold path.
 REST_PERIOD_S = 5.0
+#: At rest, the compiled loop hands back to Python for a full step at least this often.
+REST_FULL_STEP_S = 60.0
+#: PSI is read when asked (by an exporter, the status screen), at most this often.
+PSI_TTL_S = 1.0
 #: After a kernel wake-up, sample every BURST_INTERVAL_S for BURST_S: a v1 usage threshold
 #: counts page cache, so it can fire a little before the working set itself crosses.
 BURST_S = 1.0
@@ -115,6 +120,8 @@ class MemoryMonitor:
     ``sampler`` replaces the readers altogether. ``sessions`` and ``gc_manager`` give the
     emergency cleanup its built-in steps. The background thread starts on its own when the
     config's ``enable_background_monitoring`` is true, else with ``start()`` or ``with``.
+    At rest it waits in the compiled loop of ``rest.py`` where that is built (``native=False``
+    keeps it in Python).
     """
 
     def __init__(
@@ -126,6 +133,7 @@ class MemoryMonitor:
         sessions: SessionManager | None = None,
         gc_manager: GarbageCollectionManager | None = None,
         wakeups: bool = True,
+        native: bool = True,
         emergency_cooldown_s: float = 5.0,
         callback_budget_s: float = 2.0,
         proactive_gc_interval_s: float = 10.0,
@@ -142,6 +150,7 @@ class MemoryMonitor:
         self.sessions = sessions
         self._gc_manager = gc_manager
         self._use_wakeups = wakeups
+        self._use_native = native
         self.emergency_cooldown_s = emergency_cooldown_s
         self.callback_budget_s = callback_budget_s
         self.proactive_gc_interval_s = proactive_gc_interval_s
@@ -152,7 +161,8 @@ class MemoryMonitor:
         self._level = Level.NORMAL
         self._last_good_wall = 0.0
         self._samples = 0
-        self._rest_samples = 0  # written by the background thread alone
+        self._rest_samples = 0  # the Python rest loop's; written by the background thread alone
+        self._pending: Reading | None = None  # a rest reading that left the band: step it next
         self._errors: Counter[str] = Counter()
         self._rejected = 0
         self._reject_log = RateLimit(1.0, clock)
@@ -170,6 +180,7 @@ class MemoryMonitor:
         self._stopping = threading.Event()
         self._wakeups: Wakeups | None = None
         self._wakeup_counts: Counter[str] = Counter()
+        self._native: NativeRest | None = None  # the compiled rest loop, made at start()
         self._cpu_seconds = 0.0
         self._next_proactive = 0.0
         # emergency cleanup
@@ -214,7 +225,13 @@ class MemoryMonitor:
     @property
     def last_reading(self) -> Reading | None:
         """The latest reading taken, without taking a new one (None before the first)."""
-        return self._last
+        last = self._last
+        native = self._native
+        if native is not None:
+            rest = native.latest()
+            if rest is not None and (last is None or rest.monotonic > last.monotonic):
+                return rest
+        return last
 
     def get_current_metrics(self) -> MemoryMetrics:
         """A fresh reading in the reference's units (MiB, percent)."""
@@ -227,20 +244,40 @@ class MemoryMonitor:
 
     @property
     def pressure(self) -> Pressure | None:
-        """PSI some/full avg10 (ratios) from the background thread; None where unreadable."""
+        """PSI some/full avg10 (ratios); None where unreadable. Read when asked, at most once
+        per ``PSI_TTL_S``: only exporters and people look at it, so the background thread
+        doesn't pay for it on every wake."""
+        psi = self._psi
+        now = self._clock()
+        if psi is not None and now >= self._psi_next:
+            self._psi_next = now + PSI_TTL_S
+            try:
+                self._pressure = psi.read()
+            except (OSError, ValueError):
+                self._pressure = None  # PSI absent or disabled (psi=0): not an error
+                self._psi = None
+                psi.close()
         return self._pressure
 
     @property
     def last_sample_timestamp(self) -> float:
         """Wall-clock time of the last good reading (0 before the first): a dead or stuck
         monitor shows here as an old timestamp."""
-        return self._last_good_wall
+        wall = self._last_good_wall
+        native = self._native
+        rest = native.latest() if native is not None else None
+        return rest.timestamp if rest is not None and rest.timestamp > wall else wall
 
     @property
     def samples_total(self) -> int:
         """Readings taken: by ``sample()`` and the background thread's full steps, and its
         cheap at-rest looks."""
-        return self._samples + self._rest_samples
+        return self._samples + self._rest_samples_total
+
+    @property
+    def _rest_samples_total(self) -> int:
+        native = self._native
+        return self._rest_samples + (native.samples_total if native is not None else 0)
 
     @property
     def errors_total(self) -> dict[str, int]:
@@ -383,6 +420,10 @@ class MemoryMonitor:
             self._stopping.clear()
             if self._use_wakeups and self._wakeups is None:
                 self._wakeups = self._open_wakeups()
+            if self._native is None and self._wakeups is not None:  # its kick pipe stops it
+                self._native = NativeRest.create(
+                    self._sampler, self._clock, enabled=self._use_native
+                )
             self._thread = threading.Thread(target=self._loop, name=THREAD_NAME, daemon=True)
             self._thread.start()
 
@@ -420,49 +461,65 @@ class MemoryMonitor:
 
     def _loop(self) -> None:
         base = self.config.monitoring_interval_sec
-        sampler = self._sampler
-        fast = sampler.sample if isinstance(sampler, MemorySampler) else None
-        band: RestBand | None = None
         try:
             while not self._stopping.is_set():
                 interval = base
+                band: RestBand | None = None
                 try:
-                    reading = None
-                    if band is not None and fast is not None and self._level is Level.NORMAL:
-                        # At rest: one reading and three comparisons, the rest of the step
-                        # only when the reading leaves the band (or RSS and PSI are due).
-                        now = self._clock()
-                        if self._burst_until <= now < self._rss_next:
-                            reading = fast(rss=False)
-                            if band.holds(
-                                reading.total_bytes, reading.used_bytes, reading.available_bytes
-                            ):
-                                self._last = reading
-                                self._last_good_wall = reading.timestamp
-                                self._rest_samples += 1
-                                self._sleep(base)
-                                continue
+                    reading, self._pending = self._pending, None
                     interval = self._step(reading if reading is not None else self._take())
-                    band = None
                     last = self._last
                     if self._level is Level.NORMAL and interval >= base and last is not None:
                         band = rest_band(last.total_bytes, self.thresholds, base)
                 except Exception as exc:
-                    band = None
                     self._count_error("sample", exc)
-                self._sleep(interval)
+                if band is not None and self._clock() >= self._burst_until:
+                    self._rest(band, base)
+                else:
+                    self._sleep(interval)
         finally:
             self._cpu_seconds = time.thread_time()  # the thread's CPU clock starts at 0
 
-    def _sleep(self, interval: float) -> None:
-        """Wait for the next sample: the interval, or less after a kernel wake-up."""
+    def _rest(self, band: RestBand, base: float) -> None:
+        """At rest: sample every ``base`` seconds while readings stay in ``band`` (where
+        nothing can change), and return when a full step is needed: a kernel event, a
+        reading outside the band (left in ``_pending``), a failed read, or one is due."""
+        native, wakeups = self._native, self._wakeups
+        if native is not None and wakeups is not None:
+            samples = max(1, round(REST_FULL_STEP_S / base))
+            reason, _taken, detail = native.watch(wakeups.poll_fds(), base, samples, band)
+            if reason == EVENT and isinstance(detail, list):
+                self._woken(wakeups.dispatch(detail))
+            elif reason == LEFT:  # the full step observes (and counts) that sample
+                self._pending = native.latest()
+                self._rest_samples -= 1
+            return  # DUE, or a failed read: the full step reads again and reports it
+        sampler = self._sampler
+        while self._sleep(base) and isinstance(sampler, MemorySampler):
+            if self._clock() >= self._rss_next:
+                return  # the RSS is due
+            reading = sampler.sample(rss=False)
+            if not band.holds(reading.total_bytes, reading.used_bytes, reading.available_bytes):
+                self._pending = reading
+                return
+            self._last = reading
+            self._last_good_wall = reading.timestamp
+            self._rest_samples += 1
+
+    def _sleep(self, interval: float) -> bool:
+        """Wait for the next sample: the interval, or less after a kernel wake-up. True when
+        the interval ran out undisturbed."""
         if self._clock() < self._burst_until:
             interval = min(interval, BURST_INTERVAL_S)
         wakeups = self._wakeups
         if wakeups is None:
-            self._stopping.wait(interval)
-            return
-        for source in wakeups.wait(interval):
+            return not self._stopping.wait(interval)
+        fired = wakeups.wait(interval)
+        self._woken(fired)
+        return not fired
+
+    def _woken(self, sources: tuple[str, ...]) -> None:
+        for source in sources:
             self._wakeup_counts[source] += 1
             if source != "kick":  # the kernel saw something: look closely a moment
                 self._burst_until = self._clock() + BURST_S
@@ -486,10 +543,9 @@ class MemoryMonitor:
         return sampler.sample()
 
     def _step(self, reading: Reading) -> float:
-        """Observe ``reading``, read PSI when due, arm kernel thresholds, act on the level;
-        the time to the next sample."""
+        """Observe ``reading``, arm kernel thresholds, act on the level; the time to the
+        next sample."""
         self._observe(reading)
-        self._read_psi()
         wakeups = self._wakeups
         if wakeups is not None and reading.source == "cgroup_v1" and reading.cgroup_limit_bytes:
             wakeups.set_usage_thresholds(
@@ -505,20 +561,6 @@ class MemoryMonitor:
             ),
             self.config.monitoring_interval_sec,
         )
-
-    def _read_psi(self) -> None:
-        if self._psi is None:
-            return
-        now = self._clock()
-        if self._level is Level.NORMAL and now < self._psi_next:
-            return
-        self._psi_next = now + REST_PERIOD_S
-        try:
-            self._pressure = self._psi.read()
-        except (OSError, ValueError):
-            self._pressure = None  # PSI absent or disabled (psi=0): not an error
-            self._psi.close()
-            self._psi = None
 
     def _act(self, level: Level) -> None:
         now = self._clock()

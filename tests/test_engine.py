@@ -397,17 +397,3 @@ def test_logs_render_as_json_lines(tmp_path: Path) -> None:
     assert ours["pressure_level"] == "EMERGENCY" and ours["level"] == "warning"
     assert ours["logger"] == "pathoai_memobs" and "timestamp" in ours
     assert any(x["event"] == "plain record" for x in lines)
-
-
-def test_at_rest_the_thread_looks_cheaply_and_leaves_rest_on_the_first_bad_reading(
-    tmp_path: Path, monitors: list[MemoryMonitor]
-) -> None:
-    m = started_in_v2_tree(tmp_path, monitors)
-    wait_for(lambda: m.samples_total >= 20)
-    assert m._rest_samples > 0  # the at-rest path ran
-    assert m.level is Level.NORMAL
-    next(tmp_path.rglob("memory.current")).write_text(str(1900 * MIB))  # 148 MiB left
-    started = time.monotonic()
-    wait_for(lambda: m.level is Level.EMERGENCY, timeout=2.0)
-    assert time.monotonic() - started < 1.0
-    assert 0 < m.thread_cpu_seconds < 5

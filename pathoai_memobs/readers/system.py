@@ -19,6 +19,7 @@ from .process import ProcessReader, parse_statm_rss
 
 _pread = os.pread
 _M = ord("m")
+_SPACE = ord(" ")
 
 
 class MemorySampler:
@@ -75,7 +76,9 @@ class MemorySampler:
             lowest = UNLIMITED_AT
             for fd in self._limit_fds:
                 data = _pread(fd, 64, 0)
-                if data and data[0] != _M:  # "max" (v2) or empty: unlimited, as parse_limit
+                # "max" (v2) or blank: unlimited, as parse_limit (the kernel writes no
+                # leading blanks, so the first byte tells)
+                if data and data[0] > _SPACE and data[0] != _M:
                     value = int(data)
                     if value < lowest:  # noqa: PLR1730 -- min() costs a call per file
                         lowest = value
@@ -100,6 +103,20 @@ class MemorySampler:
             self._last_rss,
             self._wall_clock(),
             now,
+        )
+
+    def descriptors(self) -> tuple[int, int, int, int, bytes, tuple[int, ...]]:
+        """The kept descriptors, in the compiled rest loop's order: meminfo, statm, the
+        cgroup's usage and memory.stat (-1 without a cgroup), the inactive-file key of
+        memory.stat, and the limit files up the tree."""
+        key = self.cgroup.inactive_key if self.cgroup is not None else b""
+        return (
+            self._meminfo_fd,
+            self._statm_fd,
+            self._usage_fd,
+            self._stat_fd,
+            key,
+            self._limit_fds,
         )
 
     def close(self) -> None:

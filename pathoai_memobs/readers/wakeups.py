@@ -35,6 +35,7 @@ class Wakeups:
     ) -> None:
         self._poll = select.poll()
         self._names: dict[int, str] = {}
+        self._masks: dict[int, int] = {}  # the kernel sources' poll masks, by descriptor
         self._owned: list[int] = []
         self._kick_r, self._kick_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._poll.register(self._kick_r, _IN)
@@ -82,6 +83,7 @@ class Wakeups:
     def _add(self, fd: int, name: str, mask: int) -> None:
         self._owned.append(fd)
         self._names[fd] = name
+        self._masks[fd] = mask
         self._poll.register(fd, mask)
 
     def set_usage_thresholds(self, thresholds: Iterable[int]) -> bool:
@@ -129,6 +131,7 @@ class Wakeups:
         with contextlib.suppress(KeyError, ValueError):
             self._poll.unregister(fd)
         self._names.pop(fd, None)
+        self._masks.pop(fd, None)
         if fd in self._owned:
             self._owned.remove(fd)
         with contextlib.suppress(OSError):
@@ -141,6 +144,15 @@ class Wakeups:
         events = self._poll.poll(max(0, int(timeout_s * 1000)))
         if not events:  # the usual case: the timeout ran out
             return ()
+        return self.dispatch(events)
+
+    def poll_fds(self) -> tuple[tuple[int, int], ...]:
+        """(descriptor, poll mask) of every armed source, for a caller that polls them
+        itself (the compiled rest loop) and hands what fired to ``dispatch``."""
+        return ((self._kick_r, _IN), *self._masks.items())
+
+    def dispatch(self, events: Iterable[tuple[int, int]]) -> tuple[str, ...]:
+        """Acknowledge polled ``(fd, revents)`` pairs; the names of the sources that fired."""
         fired = []
         for fd, _mask in events:
             if fd == self._kick_r:

@@ -1,0 +1,312 @@
+/* The monitor's rest loop in C: sleep in poll(), read the memory files, check the rest band.
+ *
+ * At rest the background thread spends its life here with the GIL released, so a 1 Hz
+ * monitor costs the wake and the kernel's reads, not an interpreter woken from cold every
+ * second. It returns to Python as soon as anything needs a decision: a kernel event, a
+ * reading outside the band, a read that failed, or a full step that is due.
+ *
+ * The numbers mean what readers/system.py's MemorySampler reads; combine() and
+ * RestBand.holds() are mirrored in rest_holds(), and the tests hold the two to each other.
+ * Each sample is published through a seqlock in a caller-owned int64 buffer, read back by
+ * snapshot() from any thread.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <poll.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+enum { R_DUE = 0, R_EVENT = 1, R_LEFT = 2, R_ERROR = 3 };
+enum { S_SEQ, S_COUNT, S_HOST_TOTAL, S_HOST_AVAILABLE, S_LIMIT, S_WORKING_SET, S_RSS, S_WALL_NS,
+       S_MONO_NS, S_SLOTS };
+enum { MAX_FDS = 16, MAX_LIMITS = 16 };
+
+#define UNLIMITED_AT (INT64_C(1) << 62)
+
+typedef struct {
+    int meminfo, statm, usage, stat;
+    int limits[MAX_LIMITS];
+    int nlimits;
+    const char *key;  /* memory.stat's inactive-file key, separator included */
+    Py_ssize_t keylen;
+    long page_size;
+} files_t;
+
+/* One pread of a whole small file into buf, NUL-terminated; -1 with errno on failure. */
+static ssize_t read_file(int fd, char *buf, size_t size) {
+    ssize_t n;
+    do {
+        n = pread(fd, buf, size - 1, 0);
+    } while (n < 0 && errno == EINTR);
+    if (n >= 0) buf[n] = '\0';
+    return n;
+}
+
+/* Digits at p (after blanks) into *out, times 1024 when " kB" follows; 0 when none. */
+static int parse_value(const char *p, int64_t *out) {
+    while (*p == ' ' || *p == '\t') p++;
+    if (*p < '0' || *p > '9') return 0;
+    int64_t v = 0;
+    while (*p >= '0' && *p <= '9') {
+        if (v > (INT64_MAX - 9) / 10) return 0;
+        v = v * 10 + (*p++ - '0');
+    }
+    while (*p == ' ') p++;
+    if (p[0] == 'k' && p[1] == 'B') v *= 1024;
+    *out = v;
+    return 1;
+}
+
+/* The value on the line that starts with key (as readers/_files.keyed_value); 0 if absent. */
+static int keyed(const char *text, const char *key, size_t keylen, int64_t *out) {
+    const char *p = text;
+    while (p) {
+        if (strncmp(p, key, keylen) == 0) return parse_value(p + keylen, out);
+        p = strchr(p, '\n');
+        if (p) p++;
+    }
+    return 0;
+}
+
+typedef struct {
+    int64_t host_total, host_available, limit, working_set, rss;
+} sample_t;
+
+/* One sample, as MemorySampler.sample(); -1 with errno (EINVAL for a text it can't parse). */
+static int take(const files_t *f, sample_t *s) {
+    char buf[8192];
+    if (read_file(f->meminfo, buf, sizeof buf) < 0) return -1;
+    if (!keyed(buf, "MemTotal:", 9, &s->host_total) ||
+        !keyed(buf, "MemAvailable:", 13, &s->host_available)) {
+        errno = EINVAL;
+        return -1;
+    }
+    int64_t lowest = UNLIMITED_AT;
+    for (int i = 0; i < f->nlimits; i++) {
+        ssize_t n = read_file(f->limits[i], buf, 64);
+        if (n < 0) return -1;
+        if (n == 0 || buf[0] == 'm' || buf[0] <= ' ') continue; /* "max" (v2) or blank */
+        int64_t v;
+        if (!parse_value(buf, &v)) {
+            errno = EINVAL;
+            return -1;
+        }
+        if (v < lowest) lowest = v;
+    }
+    s->limit = lowest < UNLIMITED_AT ? lowest : -1;
+    s->working_set = -1;
+    if (s->limit >= 0 && s->limit < s->host_total && f->usage >= 0) {
+        int64_t usage, inactive = 0;
+        if (read_file(f->usage, buf, 64) < 0) return -1;
+        if (!parse_value(buf, &usage)) {
+            errno = EINVAL;
+            return -1;
+        }
+        if (read_file(f->stat, buf, sizeof buf) < 0) return -1;
+        keyed(buf, f->key, (size_t)f->keylen, &inactive); /* absent: 0, as inactive_file() */
+        s->working_set = inactive < usage ? usage - inactive : 0;
+    }
+    if (read_file(f->statm, buf, 256) < 0) return -1;
+    const char *p = strchr(buf, ' ');
+    int64_t pages;
+    if (!p || !parse_value(p, &pages)) {
+        errno = EINVAL;
+        return -1;
+    }
+    s->rss = pages * f->page_size;
+    return 0;
+}
+
+/* combine() and RestBand.holds() in one: is this sample inside the band? */
+static int rest_holds(const sample_t *s, const int64_t band[3]) {
+    int64_t total, used;
+    if (s->limit >= 0 && s->working_set >= 0 && s->limit < s->host_total) {
+        total = s->limit;
+        used = s->working_set < total ? s->working_set : total;
+    } else {
+        total = s->host_total;
+        used = s->host_available < s->host_total ? s->host_total - s->host_available : 0;
+    }
+    int64_t available = total - used;
+    if (s->host_available < available) available = s->host_available;
+    if (available < 0) available = 0;
+    return total == band[0] && available >= band[1] && used <= band[2];
+}
+
+static int64_t now_ns(clockid_t clock) {
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void publish(int64_t *slots, const sample_t *s) {
+    int64_t seq = __atomic_load_n(&slots[S_SEQ], __ATOMIC_RELAXED);
+    __atomic_store_n(&slots[S_SEQ], seq + 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    __atomic_store_n(&slots[S_COUNT], slots[S_COUNT] + 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&slots[S_HOST_TOTAL], s->host_total, __ATOMIC_RELAXED);
+    __atomic_store_n(&slots[S_HOST_AVAILABLE], s->host_available, __ATOMIC_RELAXED);
+    __atomic_store_n(&slots[S_LIMIT], s->limit, __ATOMIC_RELAXED);
+    __atomic_store_n(&slots[S_WORKING_SET], s->working_set, __ATOMIC_RELAXED);
+    __atomic_store_n(&slots[S_RSS], s->rss, __ATOMIC_RELAXED);
+    __atomic_store_n(&slots[S_WALL_NS], now_ns(CLOCK_REALTIME), __ATOMIC_RELAXED);
+    __atomic_store_n(&slots[S_MONO_NS], now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
+    __atomic_store_n(&slots[S_SEQ], seq + 2, __ATOMIC_RELEASE);
+}
+
+static int get_slots(PyObject *obj, Py_buffer *view) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) return -1;
+    if (view->len < (Py_ssize_t)(S_SLOTS * sizeof(int64_t)) ||
+        ((uintptr_t)view->buf % sizeof(int64_t)) != 0) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_ValueError, "slots: an aligned buffer of at least 9 int64");
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(watch_doc,
+"watch(pollfds, timeout_ms, samples, files, band, slots) -> (reason, taken, detail)\n\n"
+"Up to samples times: poll pollfds ((fd, events) pairs) for timeout_ms, then take a\n"
+"sample and publish it in slots. files: (meminfo, statm, usage, stat, stat_key,\n"
+"limit_fds); usage and stat -1 where no cgroup. band: (total, min_available, max_used).\n"
+"reason 0: one more timeout ran out after samples samples (a full step is due);\n"
+"1: poll reported events, detail is their (fd, revents) list; 2: the last sample left\n"
+"the band; 3: a read failed, detail is the errno. The GIL is released throughout.");
+
+static PyObject *watch(PyObject *self, PyObject *args) {
+    PyObject *pollseq, *fileseq, *slots_obj, *limitseq;
+    int timeout_ms;
+    long samples;
+    long long band_in[3];
+    files_t f;
+    if (!PyArg_ParseTuple(args, "Oil(iiiiy#O)(LLL)O", &pollseq, &timeout_ms, &samples, &f.meminfo,
+                          &f.statm, &f.usage, &f.stat, &f.key, &f.keylen, &limitseq, &band_in[0],
+                          &band_in[1], &band_in[2], &slots_obj))
+        return NULL;
+    struct pollfd fds[MAX_FDS];
+    Py_ssize_t nfds = PySequence_Size(pollseq);
+    f.nlimits = (int)PySequence_Size(limitseq);
+    if (nfds < 0 || f.nlimits < 0) return NULL;
+    if (nfds > MAX_FDS || f.nlimits > MAX_LIMITS) {
+        PyErr_SetString(PyExc_ValueError, "too many descriptors");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nfds; i++) {
+        PyObject *item = PySequence_GetItem(pollseq, i);
+        if (!item) return NULL;
+        int ok = PyArg_ParseTuple(item, "ih", &fds[i].fd, &fds[i].events);
+        Py_DECREF(item);
+        if (!ok) return NULL;
+        fds[i].revents = 0;
+    }
+    for (int i = 0; i < f.nlimits; i++) {
+        PyObject *item = PySequence_GetItem(limitseq, i);
+        if (!item) return NULL;
+        f.limits[i] = (int)PyLong_AsLong(item);
+        Py_DECREF(item);
+        if (f.limits[i] == -1 && PyErr_Occurred()) return NULL;
+    }
+    f.page_size = sysconf(_SC_PAGESIZE);
+    int64_t band[3] = {band_in[0], band_in[1], band_in[2]};
+    Py_buffer view;
+    if (get_slots(slots_obj, &view) < 0) return NULL;
+    int64_t *slots = (int64_t *)view.buf;
+
+    int reason = R_DUE, ready = 0, err = 0;
+    long taken = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (;;) {
+        ready = poll(fds, (nfds_t)nfds, timeout_ms);
+        if (ready < 0 && errno == EINTR) continue;
+        if (ready != 0) {
+            reason = ready > 0 ? R_EVENT : R_ERROR;
+            err = ready < 0 ? errno : 0;
+            break;
+        }
+        if (taken == samples) break;
+        sample_t s;
+        if (take(&f, &s) < 0) {
+            reason = R_ERROR;
+            err = errno;
+            break;
+        }
+        publish(slots, &s);
+        taken++;
+        if (!rest_holds(&s, band)) {
+            reason = R_LEFT;
+            break;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+
+    PyObject *detail;
+    if (reason == R_EVENT) {
+        detail = PyList_New(0);
+        if (!detail) return NULL;
+        for (Py_ssize_t i = 0; i < nfds; i++) {
+            if (!fds[i].revents) continue;
+            PyObject *pair = Py_BuildValue("(ih)", fds[i].fd, fds[i].revents);
+            if (!pair || PyList_Append(detail, pair) < 0) {
+                Py_XDECREF(pair);
+                Py_DECREF(detail);
+                return NULL;
+            }
+            Py_DECREF(pair);
+        }
+    } else {
+        detail = PyLong_FromLong(err);
+        if (!detail) return NULL;
+    }
+    return Py_BuildValue("(ilN)", reason, taken, detail);
+}
+
+PyDoc_STRVAR(snapshot_doc,
+"snapshot(slots) -> (count, host_total, host_available, limit, working_set, rss, wall_ns,\n"
+"mono_ns): the latest sample watch() published, read consistently from any thread.\n"
+"limit and working_set are -1 where absent.");
+
+static PyObject *snapshot(PyObject *self, PyObject *arg) {
+    Py_buffer view;
+    if (get_slots(arg, &view) < 0) return NULL;
+    int64_t *slots = (int64_t *)view.buf, copy[S_SLOTS];
+    for (;;) {
+        int64_t seq = __atomic_load_n(&slots[S_SEQ], __ATOMIC_ACQUIRE);
+        for (int i = 1; i < S_SLOTS; i++) copy[i] = __atomic_load_n(&slots[i], __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (!(seq & 1) && __atomic_load_n(&slots[S_SEQ], __ATOMIC_RELAXED) == seq) break;
+    }
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(LLLLLLLL)", (long long)copy[S_COUNT], (long long)copy[S_HOST_TOTAL],
+                         (long long)copy[S_HOST_AVAILABLE], (long long)copy[S_LIMIT],
+                         (long long)copy[S_WORKING_SET], (long long)copy[S_RSS],
+                         (long long)copy[S_WALL_NS], (long long)copy[S_MONO_NS]);
+}
+
+static PyMethodDef methods[] = {
+    {"watch", watch, METH_VARARGS, watch_doc},
+    {"snapshot", snapshot, METH_O, snapshot_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_rest", "The monitor's rest loop, outside the interpreter.", -1,
+    methods,
+};
+
+PyMODINIT_FUNC PyInit__rest(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    if (PyModule_AddIntConstant(m, "DUE", R_DUE) < 0 || PyModule_AddIntConstant(m, "EVENT", R_EVENT) < 0 ||
+        PyModule_AddIntConstant(m, "LEFT", R_LEFT) < 0 || PyModule_AddIntConstant(m, "ERROR", R_ERROR) < 0 ||
+        PyModule_AddIntConstant(m, "SLOTS", S_SLOTS) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

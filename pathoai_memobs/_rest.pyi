@@ -1,0 +1,20 @@
+# The compiled rest loop (_rest.c); see pathoai_memobs/rest.py for how the monitor uses it.
+from collections.abc import Sequence
+from typing import Final
+
+DUE: Final[int]
+EVENT: Final[int]
+LEFT: Final[int]
+ERROR: Final[int]
+SLOTS: Final[int]
+
+def watch(
+    pollfds: Sequence[tuple[int, int]],
+    timeout_ms: int,
+    samples: int,
+    files: tuple[int, int, int, int, bytes, Sequence[int]],
+    band: tuple[int, int, int],
+    slots: bytearray | memoryview,
+    /,
+) -> tuple[int, int, list[tuple[int, int]] | int]: ...
+def snapshot(slots: bytearray | memoryview, /) -> tuple[int, int, int, int, int, int, int, int]: ...

@@ -1,0 +1,229 @@
+"""The compiled rest loop (rest.py, _rest.c) held to the Python sampler and band it mirrors."""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import sysconfig
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pathoai_memobs import MemoryConfig, MemoryMonitor, rest
+from pathoai_memobs.pressure import Level, RestBand
+from pathoai_memobs.readers.system import MemorySampler
+from pathoai_memobs.rest import DUE, ERROR, EVENT, LEFT, NativeRest
+
+from .fstree import GIB, MIB, host_tree, v1_tree, v2_tree
+
+built = pytest.mark.skipif(
+    not rest.available(), reason="the _rest extension is not built in this installation"
+)
+V1_UNLIMITED = "9223372036854771712"
+WIDE = RestBand(0, 0, 1 << 62)  # total never matches: every sample leaves
+
+
+def test_the_extension_is_built_where_there_is_a_compiler() -> None:
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc) is None:
+        pytest.skip(f"no C compiler ({cc}) on this machine: the monitor runs its Python loop")
+    assert rest.available(), "pip install built no _rest: the monitor fell back to Python"
+
+
+def band_around(sampler: MemorySampler) -> RestBand:
+    """A band the sampler's current reading sits inside."""
+    r = sampler.sample()
+    return RestBand(r.total_bytes, r.available_bytes, r.used_bytes)
+
+
+def same_numbers(a: object, b: object) -> None:
+    """Readings equal but for when they were taken."""
+    assert a is not None and b is not None
+    assert a._replace(timestamp=0, monotonic=0) == b._replace(timestamp=0, monotonic=0)  # type: ignore[attr-defined]
+
+
+limit_text = st.one_of(
+    st.integers(64 * MIB, 64 * GIB).map(str), st.sampled_from(["max", "", V1_UNLIMITED])
+)
+
+
+@built
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kind=st.sampled_from(["host", "v1", "v2"]),
+    total=st.integers(1 * GIB, 64 * GIB),
+    available_share=st.floats(0, 1),
+    limits=st.lists(limit_text, min_size=1, max_size=3),
+    usage=st.integers(0, 80 * GIB),
+    inactive=st.integers(0, 8 * GIB),
+    rss=st.integers(0, 8 * GIB),
+    band_shift=st.integers(-(1 << 30), 1 << 30),
+    same_total=st.booleans(),
+)
+def test_a_c_sample_and_its_band_check_equal_the_python_ones(
+    *,
+    kind: str,
+    total: int,
+    available_share: float,
+    limits: list[str],
+    usage: int,
+    inactive: int,
+    rss: int,
+    band_shift: int,
+    same_total: bool,
+) -> None:
+    available = int(total * available_share) // 1024 * 1024
+    total = total // 1024 * 1024
+    chain = ["/a", "/a/b", "/a/b/c"][: len(limits)]
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        common = {"total": total, "available": available, "rss": rss}
+        if kind == "host":
+            host_tree(root, **common)
+        elif kind == "v1":
+            v1_limits = {cg: text or V1_UNLIMITED for cg, text in zip(chain, limits, strict=True)}
+            v1_limits = {cg: V1_UNLIMITED if t == "max" else t for cg, t in v1_limits.items()}
+            v1_tree(
+                root,
+                limits=v1_limits,
+                usage=usage,
+                inactive_file=inactive,
+                path=chain[-1],
+                **common,
+            )
+        else:
+            v2_limits = dict(zip(chain, limits, strict=True))
+            v2_tree(
+                root,
+                limits=v2_limits,
+                current=usage,
+                inactive_file=inactive,
+                path=chain[-1],
+                **common,
+            )
+        sampler = MemorySampler(str(root))
+        try:
+            expected = sampler.sample()
+            band = RestBand(
+                expected.total_bytes if same_total else expected.total_bytes + 1,
+                expected.available_bytes + band_shift,
+                expected.used_bytes - band_shift,
+            )
+            native = NativeRest(sampler)
+            reason, taken, _ = native.watch((), 0, 1, band)
+            same_numbers(native.latest(), expected)
+            holds = band.holds(expected.total_bytes, expected.used_bytes, expected.available_bytes)
+            assert (reason, taken) == ((DUE, 1) if holds else (LEFT, 1))
+        finally:
+            sampler.close()
+
+
+@built
+def test_it_samples_until_due_and_counts_every_sample(tmp_path: Path) -> None:
+    sampler = MemorySampler(str(host_tree(tmp_path)))
+    native = NativeRest(sampler)
+    assert native.latest() is None
+    assert native.watch((), 1, 5, band_around(sampler))[:2] == (DUE, 5)
+    assert native.watch((), 1, 3, band_around(sampler))[:2] == (DUE, 3)
+    assert native.samples_total == 8
+    reading = native.latest()
+    assert reading is not None and reading.source == "host"
+    assert (
+        abs(reading.timestamp - time.time()) < 5 and abs(reading.monotonic - time.monotonic()) < 5
+    )
+
+
+@built
+def test_a_reading_outside_the_band_returns_at_once(tmp_path: Path) -> None:
+    sampler = MemorySampler(
+        str(
+            v2_tree(
+                tmp_path, limits={"/a": str(2 * GIB)}, current=512 * MIB, inactive_file=0, path="/a"
+            )
+        )
+    )
+    native = NativeRest(sampler)
+    band = band_around(sampler)
+    (tmp_path / "sys/fs/cgroup/a/memory.current").write_text(str(1900 * MIB))
+    reason, taken, _ = native.watch((), 1, 100, band)
+    assert (reason, taken) == (LEFT, 1)
+    latest = native.latest()
+    assert latest is not None and latest.used_bytes == 1900 * MIB and latest.source == "cgroup_v2"
+
+
+@built
+def test_an_unparseable_file_is_an_error_for_python_to_report(tmp_path: Path) -> None:
+    sampler = MemorySampler(
+        str(
+            v2_tree(
+                tmp_path, limits={"/a": str(2 * GIB)}, current=512 * MIB, inactive_file=0, path="/a"
+            )
+        )
+    )
+    native = NativeRest(sampler)
+    (tmp_path / "sys/fs/cgroup/a/memory.current").write_text("garbage\n")
+    reason, taken, detail = native.watch((), 1, 100, WIDE)
+    assert (reason, taken, detail) == (ERROR, 0, 22)  # EINVAL
+    (tmp_path / "proc/meminfo").write_text("MemTotal: 1024 kB\n")  # no MemAvailable
+    assert native.watch((), 1, 100, WIDE)[0] == ERROR
+    with pytest.raises(KeyError):
+        sampler.sample()  # Python refuses the same text
+
+
+@built
+def test_an_event_returns_the_fired_descriptors_and_the_gil_is_free_meanwhile(
+    tmp_path: Path,
+) -> None:
+    sampler = MemorySampler(str(host_tree(tmp_path)))
+    native = NativeRest(sampler)
+    r, w = os.pipe()
+    try:
+        # The writer thread can run only if watch() let go of the GIL while it sleeps.
+        writer = threading.Timer(0.05, os.write, (w, b"k"))
+        started = time.monotonic()
+        writer.start()
+        reason, taken, detail = native.watch(
+            ((r, select.POLLIN),), 10_000, 1000, band_around(sampler)
+        )
+        writer.join()
+        assert time.monotonic() - started < 5
+        assert (reason, taken, detail) == (EVENT, 0, [(r, select.POLLIN)])
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["compiled", "python"])
+def test_at_rest_either_loop_looks_cheaply_and_leaves_on_the_first_bad_reading(
+    tmp_path: Path, native: bool
+) -> None:
+    v2_tree(tmp_path, current=512 * MIB, inactive_file=0, limits={"/a": str(2 * GIB)}, path="/a")
+    m = MemoryMonitor(MemoryConfig(monitoring_interval_sec=0.02), root=str(tmp_path), native=native)
+    m.start()
+    try:
+        assert (m._native is not None) == (native and rest.available())
+        deadline = time.monotonic() + 5
+        while m._rest_samples_total < 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert m._rest_samples_total >= 20  # the at-rest loop ran
+        assert m.level is Level.NORMAL
+        reading = m.last_reading
+        assert reading is not None and reading.used_bytes == 512 * MIB
+        assert abs(m.last_sample_timestamp - time.time()) < 1  # rest samples keep it fresh
+        (tmp_path / "sys/fs/cgroup/a/memory.current").write_text(str(1900 * MIB))  # 148 MiB left
+        started = time.monotonic()
+        while m.level is not Level.EMERGENCY and time.monotonic() - started < 2:
+            time.sleep(0.005)
+        assert m.level is Level.EMERGENCY
+        assert time.monotonic() - started < 1.0
+        stopping = time.monotonic()
+    finally:
+        m.stop()
+    assert time.monotonic() - stopping < 1.0  # the kick ends a compiled wait at once
+    assert not m.running
