@@ -20,7 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { R_DUE = 0, R_EVENT = 1, R_LEFT = 2, R_ERROR = 3 };
+enum { R_DUE = 0, R_EVENT = 1, R_LEFT = 2, R_ERROR = 3, R_POLL = 4 };
 enum { S_SEQ, S_COUNT, S_HOST_TOTAL, S_HOST_AVAILABLE, S_LIMIT, S_WORKING_SET, S_RSS, S_WALL_NS,
        S_MONO_NS, S_SLOTS };
 enum { MAX_FDS = 16, MAX_LIMITS = 16 };
@@ -176,7 +176,8 @@ PyDoc_STRVAR(watch_doc,
 "limit_fds); usage and stat -1 where no cgroup. band: (total, min_available, max_used).\n"
 "reason 0: one more timeout ran out after samples samples (a full step is due);\n"
 "1: poll reported events, detail is their (fd, revents) list; 2: the last sample left\n"
-"the band; 3: a read failed, detail is the errno. The GIL is released throughout.");
+"the band; 3: a read failed, 4: poll failed, detail is the errno. The GIL is released\n"
+"throughout.");
 
 static PyObject *watch(PyObject *self, PyObject *args) {
     PyObject *pollseq, *fileseq, *slots_obj, *limitseq;
@@ -221,10 +222,15 @@ static PyObject *watch(PyObject *self, PyObject *args) {
     long taken = 0;
     Py_BEGIN_ALLOW_THREADS
     for (;;) {
-        ready = poll(fds, (nfds_t)nfds, timeout_ms);
-        if (ready < 0 && errno == EINTR) continue;
+        /* A signal cuts poll() short: wait out the rest of the interval, as Python does. */
+        int64_t deadline = now_ns(CLOCK_MONOTONIC) + (int64_t)timeout_ms * 1000000;
+        int wait_ms = timeout_ms;
+        while ((ready = poll(fds, (nfds_t)nfds, wait_ms)) < 0 && errno == EINTR) {
+            int64_t left = deadline - now_ns(CLOCK_MONOTONIC);
+            wait_ms = left > 0 ? (int)((left + 999999) / 1000000) : 0;
+        }
         if (ready != 0) {
-            reason = ready > 0 ? R_EVENT : R_ERROR;
+            reason = ready > 0 ? R_EVENT : R_POLL;
             err = ready < 0 ? errno : 0;
             break;
         }
@@ -304,6 +310,7 @@ PyMODINIT_FUNC PyInit__rest(void) {
     if (!m) return NULL;
     if (PyModule_AddIntConstant(m, "DUE", R_DUE) < 0 || PyModule_AddIntConstant(m, "EVENT", R_EVENT) < 0 ||
         PyModule_AddIntConstant(m, "LEFT", R_LEFT) < 0 || PyModule_AddIntConstant(m, "ERROR", R_ERROR) < 0 ||
+        PyModule_AddIntConstant(m, "POLL", R_POLL) < 0 ||
         PyModule_AddIntConstant(m, "SLOTS", S_SLOTS) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -6,6 +6,7 @@ DUE: Final[int]
 EVENT: Final[int]
 LEFT: Final[int]
 ERROR: Final[int]
+POLL: Final[int]
 SLOTS: Final[int]
 
 def watch(

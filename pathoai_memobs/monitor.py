@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import threading
 import time
 from collections import Counter
@@ -54,7 +55,7 @@ from .readers.psi import Pressure, PsiReader, psi_path
 from .readers.system import MemorySampler
 from .readers.wakeups import Wakeups
 from .reading import MIB, MemoryMetrics, Reading
-from .rest import EVENT, LEFT, NativeRest
+from .rest import EVENT, LEFT, POLL, NativeRest
 
 if TYPE_CHECKING:
     from .gc_manager import GarbageCollectionManager
@@ -473,10 +474,14 @@ class MemoryMonitor:
                         band = rest_band(last.total_bytes, self.thresholds, base)
                 except Exception as exc:
                     self._count_error("sample", exc)
-                if band is not None and self._clock() >= self._burst_until:
-                    self._rest(band, base)
-                else:
-                    self._sleep(interval)
+                try:
+                    if band is not None and self._clock() >= self._burst_until:
+                        self._rest(band, base)
+                    else:
+                        self._sleep(interval)
+                except Exception as exc:  # poll() itself failed: wait on the timer alone
+                    self._count_error("wakeups", exc)
+                    self._stopping.wait(interval)
         finally:
             self._cpu_seconds = time.thread_time()  # the thread's CPU clock starts at 0
 
@@ -493,6 +498,8 @@ class MemoryMonitor:
             elif reason == LEFT:  # the full step observes (and counts) that sample
                 self._pending = native.latest()
                 self._rest_samples -= 1
+            elif reason == POLL and isinstance(detail, int):
+                raise OSError(detail, os.strerror(detail))
             return  # DUE, or a failed read: the full step reads again and reports it
         sampler = self._sampler
         while self._sleep(base) and isinstance(sampler, MemorySampler):

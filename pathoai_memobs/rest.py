@@ -24,7 +24,7 @@ except ImportError:  # built without a C compiler: the Python loop serves
     _native = None  # type: ignore[assignment]
 
 #: Why ``watch`` returned (the extension's codes).
-DUE, EVENT, LEFT, ERROR = 0, 1, 2, 3
+DUE, EVENT, LEFT, ERROR, POLL = 0, 1, 2, 3, 4
 
 
 def available() -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import select
 import shutil
+import signal
 import sysconfig
 import tempfile
 import threading
@@ -129,8 +130,8 @@ def test_it_samples_until_due_and_counts_every_sample(tmp_path: Path) -> None:
     sampler = MemorySampler(str(host_tree(tmp_path)))
     native = NativeRest(sampler)
     assert native.latest() is None
-    assert native.watch((), 1, 5, band_around(sampler))[:2] == (DUE, 5)
-    assert native.watch((), 1, 3, band_around(sampler))[:2] == (DUE, 3)
+    assert native.watch((), 0.001, 5, band_around(sampler))[:2] == (DUE, 5)
+    assert native.watch((), 0.001, 3, band_around(sampler))[:2] == (DUE, 3)
     assert native.samples_total == 8
     reading = native.latest()
     assert reading is not None and reading.source == "host"
@@ -151,7 +152,7 @@ def test_a_reading_outside_the_band_returns_at_once(tmp_path: Path) -> None:
     native = NativeRest(sampler)
     band = band_around(sampler)
     (tmp_path / "sys/fs/cgroup/a/memory.current").write_text(str(1900 * MIB))
-    reason, taken, _ = native.watch((), 1, 100, band)
+    reason, taken, _ = native.watch((), 0.001, 100, band)
     assert (reason, taken) == (LEFT, 1)
     latest = native.latest()
     assert latest is not None and latest.used_bytes == 1900 * MIB and latest.source == "cgroup_v2"
@@ -168,10 +169,10 @@ def test_an_unparseable_file_is_an_error_for_python_to_report(tmp_path: Path) ->
     )
     native = NativeRest(sampler)
     (tmp_path / "sys/fs/cgroup/a/memory.current").write_text("garbage\n")
-    reason, taken, detail = native.watch((), 1, 100, WIDE)
+    reason, taken, detail = native.watch((), 0.001, 100, WIDE)
     assert (reason, taken, detail) == (ERROR, 0, 22)  # EINVAL
     (tmp_path / "proc/meminfo").write_text("MemTotal: 1024 kB\n")  # no MemAvailable
-    assert native.watch((), 1, 100, WIDE)[0] == ERROR
+    assert native.watch((), 0.001, 100, WIDE)[0] == ERROR
     with pytest.raises(KeyError):
         sampler.sample()  # Python refuses the same text
 
@@ -189,7 +190,7 @@ def test_an_event_returns_the_fired_descriptors_and_the_gil_is_free_meanwhile(
         started = time.monotonic()
         writer.start()
         reason, taken, detail = native.watch(
-            ((r, select.POLLIN),), 10_000, 1000, band_around(sampler)
+            ((r, select.POLLIN),), 10.0, 1000, band_around(sampler)
         )
         writer.join()
         assert time.monotonic() - started < 5
@@ -227,3 +228,31 @@ def test_at_rest_either_loop_looks_cheaply_and_leaves_on_the_first_bad_reading(
         m.stop()
     assert time.monotonic() - stopping < 1.0  # the kick ends a compiled wait at once
     assert not m.running
+
+
+@built
+def test_signals_do_not_stretch_the_interval(tmp_path: Path) -> None:
+    """poll() cut short by a signal waits out the rest of the interval, not a fresh one."""
+    sampler = MemorySampler(str(host_tree(tmp_path)))
+    native = NativeRest(sampler)
+    main = threading.get_ident()
+    done = threading.Event()
+
+    def pester() -> None:  # for 2.5 s at most: a loop that restarts its wait still ends
+        until = time.monotonic() + 2.5
+        while not done.wait(0.03) and time.monotonic() < until:
+            signal.pthread_kill(main, signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, lambda *_: None)
+    sender = threading.Thread(target=pester)
+    try:
+        sender.start()
+        started = time.monotonic()
+        reason, taken, _ = native.watch((), 0.3, 2, band_around(sampler))
+        elapsed = time.monotonic() - started
+    finally:
+        done.set()
+        sender.join()
+        signal.signal(signal.SIGUSR1, previous)
+    assert (reason, taken) == (DUE, 2)
+    assert 0.85 < elapsed < 2.0  # three 300 ms waits, each interrupted about ten times
