@@ -136,3 +136,25 @@ def test_sixteen_threads_never_over_admit() -> None:
     assert peak <= capacity
     assert admitted > 0 and refused > 0  # the contention was real
     assert monitor.reserved_bytes == 0
+
+
+def test_psi_is_read_when_asked_at_most_once_a_second(tmp_path: Path) -> None:
+    host_tree(tmp_path)
+    psi = tmp_path / "proc/pressure/memory"
+    psi.parent.mkdir(parents=True)
+    line = (
+        "some avg10={} avg60=0.00 avg300=0.00 total=1\n"
+        "full avg10={} avg60=0.00 avg300=0.00 total=1\n"
+    )
+    psi.write_text(line.format("12.50", "2.00"))
+    now = [100.0]
+    m = MemoryMonitor(MemoryConfig(), root=str(tmp_path), clock=lambda: now[0])
+    assert m.pressure == (0.125, 0.02)
+    psi.write_text(line.format("40.00", "9.00"))
+    assert m.pressure == (0.125, 0.02)  # within a second: the value read last
+    now[0] += 1.0
+    assert m.pressure == (0.4, 0.09)
+    psi.write_text("garbage avg10=x\nsome avg10=oops\n")
+    now[0] += 1.0
+    assert m.pressure is None  # unreadable PSI is absent, not an error, and not retried
+    assert m.errors_total == {}
