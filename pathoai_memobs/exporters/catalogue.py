@@ -289,7 +289,7 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
         "counter",
         "",
         ("where",),
-        "Errors the monitor survived, by where: sample, action, emergency_step, scrape.",
+        "Errors the monitor survived, by where: sample, action, wakeups (kernel event set-up or poll), emergency_step, scrape.",
         "sum",
     ),
     Metric(

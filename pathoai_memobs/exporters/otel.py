@@ -145,7 +145,8 @@ def _states(r: Any) -> list[Observation]:
 
 
 def _one(value: float, attrs: dict[str, Any] | None = None) -> list[Observation]:
-    return [Observation(value, attrs or {})]
+    # None, not {}: the SDK copies and cleans every attributes mapping, even an empty one.
+    return [Observation(value, attrs or None)]
 
 
 class _Registrar:

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 DEFAULT_PORT = 9464
 GC_REASONS = ("manual", "proactive", "emergency")
 REMOVAL_REASONS = ("timeout", "explicit", "emergency")
-ERROR_PLACES = ("sample", "action", "emergency_step", "scrape")
+ERROR_PLACES = ("sample", "action", "wakeups", "emergency_step", "scrape")
 
 
 def _gauge(name: str, value: float | None = None) -> GaugeMetricFamily:
