@@ -49,6 +49,7 @@ from .pressure import (
     headroom_bytes,
     next_interval,
     rest_band,
+    rest_pace,
     retry_after_s,
 )
 from .readers.psi import Pressure, PsiReader, psi_path
@@ -470,13 +471,24 @@ class MemoryMonitor:
                     reading, self._pending = self._pending, None
                     interval = self._step(reading if reading is not None else self._take())
                     last = self._last
-                    if self._level is Level.NORMAL and interval >= base and last is not None:
-                        band = rest_band(last.total_bytes, self.thresholds, base)
+                    if self._level is Level.NORMAL and last is not None:
+                        pace = rest_pace(
+                            headroom_bytes(
+                                last.total_bytes,
+                                last.used_bytes,
+                                last.available_bytes,
+                                self.thresholds,
+                            ),
+                            base,
+                        )
+                        if pace is not None:
+                            interval = pace
+                            band = rest_band(last.total_bytes, self.thresholds, pace)
                 except Exception as exc:
                     self._count_error("sample", exc)
                 try:
                     if band is not None and self._clock() >= self._burst_until:
-                        self._rest(band, base)
+                        self._rest(band, interval, base)
                     else:
                         self._sleep(interval)
                 except Exception as exc:  # poll() itself failed: wait on the timer alone
@@ -485,14 +497,17 @@ class MemoryMonitor:
         finally:
             self._cpu_seconds = time.thread_time()  # the thread's CPU clock starts at 0
 
-    def _rest(self, band: RestBand, base: float) -> None:
-        """At rest: sample every ``base`` seconds while readings stay in ``band`` (where
+    def _rest(self, band: RestBand, pace: float, base: float) -> None:
+        """At rest: sample every ``pace`` seconds while readings stay in ``band`` (where
         nothing can change), and return when a full step is needed: a kernel event, a
-        reading outside the band (left in ``_pending``), a failed read, or one is due."""
+        reading outside the band (left in ``_pending``), a failed read, or one is due (once
+        a minute at the full interval; every few seconds at a faster pace, which a full
+        step may slow down again)."""
         native, wakeups = self._native, self._wakeups
         if native is not None and wakeups is not None:
-            samples = max(1, round(REST_FULL_STEP_S / base))
-            reason, _taken, detail = native.watch(wakeups.poll_fds(), base, samples, band)
+            every = REST_FULL_STEP_S if pace >= base else REST_PERIOD_S
+            samples = max(1, round(every / pace))
+            reason, _taken, detail = native.watch(wakeups.poll_fds(), pace, samples, band)
             if reason == EVENT and isinstance(detail, list):
                 self._woken(wakeups.dispatch(detail))
             elif reason == LEFT:  # the full step observes (and counts) that sample
@@ -502,7 +517,7 @@ class MemoryMonitor:
                 raise OSError(detail, os.strerror(detail))
             return  # DUE, or a failed read: the full step reads again and reports it
         sampler = self._sampler
-        while self._sleep(base) and isinstance(sampler, MemorySampler):
+        while self._sleep(pace) and isinstance(sampler, MemorySampler):
             if self._clock() >= self._rss_next:
                 return  # the RSS is due
             reading = sampler.sample(rss=False)

@@ -107,7 +107,7 @@ def headroom_bytes(total_bytes: int, used_bytes: int, available_bytes: int, t: T
 class RestBand:
     """Readings in which nothing can change: with ``total_bytes`` unchanged, at least
     ``min_available_bytes`` available and at most ``max_used_bytes`` used, a monitor that was
-    NORMAL stays NORMAL and waits its full interval again (see ``rest_band``)."""
+    NORMAL stays NORMAL and may wait its resting pace again (see ``rest_band``)."""
 
     total_bytes: int
     min_available_bytes: int
@@ -124,18 +124,19 @@ class RestBand:
 def rest_band(
     total_bytes: int,
     t: Thresholds,
-    base_interval_s: float,
+    pace_s: float,
     *,
     fill_rate_bps: float = ASSUMED_FILL_RATE_BPS,
 ) -> RestBand:
     """The band of readings, for this total, that are NORMAL and far enough from every rung
-    that ``next_interval`` gives the full ``base_interval_s``: the headroom to the floor and
-    to the warning rung both cover ``fill_rate_bps`` for one interval.
+    that ``next_interval`` gives at least ``pace_s`` (the pace rested at): the
+    headroom to the floor and to the warning rung both cover ``fill_rate_bps`` for one
+    interval.
 
     The monitor's background thread checks a reading against it with three comparisons and
     skips the rest of its step while readings stay inside.
     """
-    margin = math.ceil(fill_rate_bps * base_interval_s)
+    margin = math.ceil(fill_rate_bps * pace_s)
     return RestBand(
         total_bytes,
         t.floor_bytes + margin,
@@ -158,6 +159,31 @@ def next_interval(
     """
     low = min(min_interval_s, base_interval_s)
     return max(low, min(base_interval_s, headroom / fill_rate_bps))
+
+
+#: The paces the monitor rests at: the configured interval times PACE_STEP**k, down to
+#: the fastest pace. A few fixed steps let it rest near a rung too, sampling a little more
+#: often than ``next_interval`` asks (never less), instead of running its full step on
+#: every sample.
+PACE_STEP = 0.8
+
+
+def rest_pace(
+    headroom: int,
+    base_interval_s: float,
+    *,
+    min_interval_s: float = MIN_INTERVAL_S,
+    fill_rate_bps: float = ASSUMED_FILL_RATE_BPS,
+) -> float | None:
+    """The pace to rest at with this headroom: the slowest step ``base * PACE_STEP**k`` no
+    slower than ``next_interval``; None when only the fastest pace will do (no rest)."""
+    target = next_interval(
+        headroom, base_interval_s, min_interval_s=min_interval_s, fill_rate_bps=fill_rate_bps
+    )
+    pace = base_interval_s
+    while pace > target:
+        pace *= PACE_STEP
+    return pace if pace >= min(min_interval_s, base_interval_s) else None
 
 
 def retry_after_s(

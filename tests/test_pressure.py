@@ -10,13 +10,16 @@ from hypothesis import strategies as st
 
 from pathoai_memobs import MemoryConfig
 from pathoai_memobs.pressure import (
+    ASSUMED_FILL_RATE_BPS,
     MIN_INTERVAL_S,
+    PACE_STEP,
     Level,
     Thresholds,
     classify,
     headroom_bytes,
     next_interval,
     rest_band,
+    rest_pace,
     retry_after_s,
 )
 
@@ -158,3 +161,37 @@ def test_rest_band_is_exactly_where_nothing_changes(
         assert not band.holds(*past)
         assert next_interval(headroom_bytes(*past, T), interval) < interval
     assert not band.holds(total + 1, used, available)  # a changed total is a new picture
+
+
+@given(
+    total=st.integers(1 * GIB, 512 * GIB),
+    used_share=st.floats(0, 1),
+    later_share=st.floats(0, 1),
+    base=st.sampled_from([0.1, 0.5, 1.0, 5.0]),
+)
+def test_resting_at_a_faster_pace_is_never_slower_than_the_full_step(
+    total: int, used_share: float, later_share: float, base: float
+) -> None:
+    """The pace a NORMAL monitor rests at is a step no slower than ``next_interval``, and
+    every later reading inside that pace's band stays NORMAL and allows that pace."""
+    used = int(total * used_share)
+    headroom = headroom_bytes(total, used, total - used, T)
+    pace = rest_pace(headroom, base)
+    wanted = next_interval(headroom, base)
+    if pace is None:
+        assert wanted < min(MIN_INTERVAL_S, base) / PACE_STEP  # only the fastest pace will do
+        return
+    assert pace <= wanted and (pace == base or pace / PACE_STEP > wanted)
+    band = rest_band(total, T, pace)
+    later = int(total * later_share)
+    if band.holds(total, later, total - later):
+        assert classify(later / total, total - later, T, Level.NORMAL) is Level.NORMAL
+        assert next_interval(headroom_bytes(total, later, total - later, T), base) >= pace
+
+
+def test_rest_pace_steps_down_near_a_rung() -> None:
+    assert rest_pace(8 * GIB, 1.0) == 1.0  # far from every rung: the full interval
+    one_and_a_half = int(1.46 * ASSUMED_FILL_RATE_BPS)
+    assert rest_pace(one_and_a_half // 2, 1.0) == pytest.approx(0.64)  # wants 0.73 s
+    assert rest_pace(0, 1.0) is None  # at a rung: the fastest pace, no rest
+    assert rest_pace(0, 0.1) == 0.1  # at 10 Hz the fastest pace is the interval itself
