@@ -41,6 +41,12 @@ def run() -> tuple[list[Row], str]:
         ours_reader.get_metrics_data, theirs_reader.get_metrics_data, number=20, rounds=11
     )
     SystemMetricsInstrumentor().uninstrument()
+    points = sum(
+        len(metric.data.data_points)
+        for rm in ours_reader.get_metrics_data().resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+    )
     row = Row(
         f"one collect ({len(handle.names)} instruments, 1,000 sessions)",
         ours * 1e3,
@@ -50,4 +56,11 @@ def run() -> tuple[list[Row], str]:
         ours * 1e3 <= TARGET_MS,
         "SystemMetricsInstrumentor",
     )
-    return [row], ""
+    note = (
+        f"One collect of ours yields {points} data points, {ours * 1e6 / points:.1f} us each; "
+        "nearly all of it is the SDK's own work per point (a Measurement, attribute "
+        "cleaning and hashing, aggregation), our callbacks take a few microseconds in all. "
+        "So this figure moves with the machine's speed as the baseline does: compare the "
+        "ratio across runs."
+    )
+    return [row], note

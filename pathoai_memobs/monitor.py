@@ -163,7 +163,9 @@ class MemoryMonitor:
         self._level = Level.NORMAL
         self._last_good_wall = 0.0
         self._samples = 0
-        self._rest_samples = 0  # the Python rest loop's; written by the background thread alone
+        # Rest samples not in the compiled loop's own count (the Python loop's, less those the
+        # full step recounts); written by the background thread alone.
+        self._rest_samples = 0
         self._pending: Reading | None = None  # a rest reading that left the band: step it next
         self._errors: Counter[str] = Counter()
         self._rejected = 0
