@@ -256,3 +256,16 @@ def test_signals_do_not_stretch_the_interval(tmp_path: Path) -> None:
         signal.signal(signal.SIGUSR1, previous)
     assert (reason, taken) == (DUE, 2)
     assert 0.85 < elapsed < 2.0  # three 300 ms waits, each interrupted about ten times
+
+
+@built
+def test_the_reason_codes_are_the_extensions() -> None:
+    from pathoai_memobs import _rest
+
+    assert (rest.DUE, rest.EVENT, rest.LEFT, rest.ERROR, rest.POLL) == (
+        _rest.DUE,
+        _rest.EVENT,
+        _rest.LEFT,
+        _rest.ERROR,
+        _rest.POLL,
+    )
