@@ -1,4 +1,5 @@
 # The compiled rest loop (_rest.c); see pathoai_memobs/rest.py for how the monitor uses it.
+from array import array
 from collections.abc import Sequence
 from typing import Final
 
@@ -15,7 +16,7 @@ def watch(
     samples: int,
     files: tuple[int, int, int, int, bytes, Sequence[int]],
     band: tuple[int, int, int],
-    slots: bytearray | memoryview,
+    slots: array[int] | bytearray,
     /,
 ) -> tuple[int, int, list[tuple[int, int]] | int]: ...
-def snapshot(slots: bytearray | memoryview, /) -> tuple[int, int, int, int, int, int, int, int]: ...
+def snapshot(slots: array[int] | bytearray, /) -> tuple[int, int, int, int, int, int, int, int]: ...

@@ -11,6 +11,7 @@ read, or a full step that is due. Where it is not built (no compiler at install 
 from __future__ import annotations
 
 import time
+from array import array
 from collections.abc import Callable, Sequence
 
 from .pressure import RestBand
@@ -41,7 +42,7 @@ class NativeRest:
         self._snapshot = _native.snapshot
         self._files = sampler.descriptors()
         self._source: CgroupSource | None = sampler.cgroup.source if sampler.cgroup else None
-        self._slots = bytearray(8 * _native.SLOTS)  # the seqlock and one sample, int64 each
+        self._slots = array("q", bytes(8 * _native.SLOTS))  # the seqlock and one sample
         self._latest: tuple[int, Reading | None] = (0, None)  # (count, reading), one attribute
 
     @classmethod
