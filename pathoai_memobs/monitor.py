@@ -471,21 +471,13 @@ class MemoryMonitor:
                 band: RestBand | None = None
                 try:
                     reading, self._pending = self._pending, None
-                    interval = self._step(reading if reading is not None else self._take())
-                    last = self._last
-                    if self._level is Level.NORMAL and last is not None:
-                        pace = rest_pace(
-                            headroom_bytes(
-                                last.total_bytes,
-                                last.used_bytes,
-                                last.available_bytes,
-                                self.thresholds,
-                            ),
-                            base,
-                        )
-                        if pace is not None:
-                            interval = pace
-                            band = rest_band(last.total_bytes, self.thresholds, pace)
+                    reading = reading if reading is not None else self._take()
+                    headroom = self._step(reading)
+                    interval = next_interval(headroom, base)
+                    pace = rest_pace(headroom, base) if self._level is Level.NORMAL else None
+                    if pace is not None:
+                        interval = pace
+                        band = rest_band(reading.total_bytes, self.thresholds, pace)
                 except Exception as exc:
                     self._count_error("sample", exc)
                 try:
@@ -519,7 +511,10 @@ class MemoryMonitor:
                 raise OSError(detail, os.strerror(detail))
             return  # DUE, or a failed read: the full step reads again and reports it
         sampler = self._sampler
-        while self._sleep(pace) and isinstance(sampler, MemorySampler):
+        if not isinstance(sampler, MemorySampler):  # a synthetic sampler: just wait
+            self._sleep(pace)
+            return
+        while self._sleep(pace):
             if self._clock() >= self._rss_next:
                 return  # the RSS is due
             reading = sampler.sample(rss=False)
@@ -551,7 +546,7 @@ class MemoryMonitor:
     def tick(self) -> float:
         """One step of the background loop: sample, act on the level, and return how long
         to sleep before the next (shorter the closer memory is to a rung)."""
-        return self._step(self._take())
+        return next_interval(self._step(self._take()), self.config.monitoring_interval_sec)
 
     def _take(self) -> Reading:
         """A reading for the background loop. At rest the process RSS is re-read only every
@@ -566,9 +561,9 @@ class MemoryMonitor:
             return sampler.sample(rss=fresh_rss)
         return sampler.sample()
 
-    def _step(self, reading: Reading) -> float:
-        """Observe ``reading``, arm kernel thresholds, act on the level; the time to the
-        next sample."""
+    def _step(self, reading: Reading) -> int:
+        """Observe ``reading``, arm kernel thresholds, act on the level; the headroom to the
+        nearest rung, from which the caller paces the next sample."""
         self._observe(reading)
         wakeups = self._wakeups
         if wakeups is not None and reading.source == "cgroup_v1" and reading.cgroup_limit_bytes:
@@ -579,11 +574,8 @@ class MemoryMonitor:
             self._act(self._level)
         except Exception as exc:
             self._count_error("action", exc)
-        return next_interval(
-            headroom_bytes(
-                reading.total_bytes, reading.used_bytes, reading.available_bytes, self.thresholds
-            ),
-            self.config.monitoring_interval_sec,
+        return headroom_bytes(
+            reading.total_bytes, reading.used_bytes, reading.available_bytes, self.thresholds
         )
 
     def _act(self, level: Level) -> None:
