@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import psutil
 
@@ -173,6 +174,24 @@ def _cpu_rows() -> tuple[list[Row], dict[str, float]]:
     return rows, {k: statistics.median(v) for k, v in floors.items() if v}
 
 
+def _run_in_cgroup(limit: int, flag: str, count: int, timeout_s: int) -> tuple[Any, int]:
+    """Run this module with ``flag count`` in a new cgroup of ``limit`` bytes: its JSON
+    output and the cgroup's OOM kills. Raises CgroupUnavailableError where none can be made."""
+    from pathoai_memobs.cgroup_sandbox import memory_cgroup
+
+    with memory_cgroup(limit, prefix="pathoai-bench") as group:
+        proc = subprocess.run(
+            group.wrap([sys.executable, "-m", "bench.bench_monitor", flag, str(count)]),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr[-2000:])
+        return json.loads(proc.stdout), group.oom_kills()
+
+
 CGROUP_CPU_LIMIT = 2 << 30
 CGROUP_CPU_ROUNDS = 5
 
@@ -192,29 +211,11 @@ def _cgroup_cpu_rows() -> tuple[list[Row], str]:
     """The same at rest inside a small limited cgroup, the usual container: there every
     reading is within a few seconds' fill of a rung, so the adaptive pace is faster than
     the interval, and the limit, usage and memory.stat files are read on each sample."""
-    from pathoai_memobs.cgroup_sandbox import CgroupUnavailableError, memory_cgroup
+    from pathoai_memobs.cgroup_sandbox import CgroupUnavailableError
 
     progress(f"monitor CPU inside a {CGROUP_CPU_LIMIT >> 30} GiB cgroup")
     try:
-        with memory_cgroup(CGROUP_CPU_LIMIT, prefix="pathoai-bench") as group:
-            proc = subprocess.run(
-                group.wrap(
-                    [
-                        sys.executable,
-                        "-m",
-                        "bench.bench_monitor",
-                        "--inner-cpu",
-                        str(CGROUP_CPU_ROUNDS),
-                    ]
-                ),
-                capture_output=True,
-                text=True,
-                timeout=300,
-                check=False,
-            )
-            if proc.returncode != 0:
-                raise RuntimeError(proc.stderr[-2000:])
-            found = json.loads(proc.stdout)
+        found, _ = _run_in_cgroup(CGROUP_CPU_LIMIT, "--inner-cpu", CGROUP_CPU_ROUNDS, 300)
     except CgroupUnavailableError as exc:
         return [], f" The in-cgroup CPU was not measured: {exc}."
     rows = [
@@ -326,23 +327,12 @@ def _inner_latency(trials: int) -> dict[str, list[float]]:
 
 
 def _latency_rows() -> tuple[list[Row], str]:
-    from pathoai_memobs.cgroup_sandbox import CgroupUnavailableError, memory_cgroup
+    from pathoai_memobs.cgroup_sandbox import CgroupUnavailableError
 
     trials = 11
     progress(f"detection latency inside a 1 GiB cgroup ({trials} trials per scenario and sampler)")
     try:
-        with memory_cgroup(1 << 30, prefix="pathoai-bench") as group:
-            proc = subprocess.run(
-                group.wrap([sys.executable, "-m", "bench.bench_monitor", "--inner", str(trials)]),
-                capture_output=True,
-                text=True,
-                timeout=400,
-                check=False,
-            )
-            if proc.returncode != 0:
-                raise RuntimeError(proc.stderr[-2000:])
-            result = json.loads(proc.stdout)
-            kills = group.oom_kills()
+        result, kills = _run_in_cgroup(1 << 30, "--inner", trials, 400)
     except CgroupUnavailableError as exc:
         return [], f"Detection latency was not measured: {exc}."
     rows, notes = [], []
