@@ -37,6 +37,14 @@ def test_the_extension_is_built_where_there_is_a_compiler() -> None:
     assert rest.available(), "pip install built no _rest: the monitor fell back to Python"
 
 
+def small_v2(root: Path) -> Path:
+    """A v2 tree: 512 MiB used of a 2 GiB limit on cgroup /a (current is at ``CURRENT``)."""
+    return v2_tree(root, limits={"/a": str(2 * GIB)}, current=512 * MIB, inactive_file=0, path="/a")
+
+
+CURRENT = "sys/fs/cgroup/a/memory.current"
+
+
 def band_around(sampler: MemorySampler) -> RestBand:
     """A band the sampler's current reading sits inside."""
     r = sampler.sample()
@@ -142,16 +150,10 @@ def test_it_samples_until_due_and_counts_every_sample(tmp_path: Path) -> None:
 
 @built
 def test_a_reading_outside_the_band_returns_at_once(tmp_path: Path) -> None:
-    sampler = MemorySampler(
-        str(
-            v2_tree(
-                tmp_path, limits={"/a": str(2 * GIB)}, current=512 * MIB, inactive_file=0, path="/a"
-            )
-        )
-    )
+    sampler = MemorySampler(str(small_v2(tmp_path)))
     native = NativeRest(sampler)
     band = band_around(sampler)
-    (tmp_path / "sys/fs/cgroup/a/memory.current").write_text(str(1900 * MIB))
+    (tmp_path / CURRENT).write_text(str(1900 * MIB))
     reason, taken, _ = native.watch((), 0.001, 100, band)
     assert (reason, taken) == (LEFT, 1)
     latest = native.latest()
@@ -160,15 +162,9 @@ def test_a_reading_outside_the_band_returns_at_once(tmp_path: Path) -> None:
 
 @built
 def test_an_unparseable_file_is_an_error_for_python_to_report(tmp_path: Path) -> None:
-    sampler = MemorySampler(
-        str(
-            v2_tree(
-                tmp_path, limits={"/a": str(2 * GIB)}, current=512 * MIB, inactive_file=0, path="/a"
-            )
-        )
-    )
+    sampler = MemorySampler(str(small_v2(tmp_path)))
     native = NativeRest(sampler)
-    (tmp_path / "sys/fs/cgroup/a/memory.current").write_text("garbage\n")
+    (tmp_path / CURRENT).write_text("garbage\n")
     reason, taken, detail = native.watch((), 0.001, 100, WIDE)
     assert (reason, taken, detail) == (ERROR, 0, 22)  # EINVAL
     (tmp_path / "proc/meminfo").write_text("MemTotal: 1024 kB\n")  # no MemAvailable
@@ -204,7 +200,7 @@ def test_an_event_returns_the_fired_descriptors_and_the_gil_is_free_meanwhile(
 def test_at_rest_either_loop_looks_cheaply_and_leaves_on_the_first_bad_reading(
     tmp_path: Path, native: bool
 ) -> None:
-    v2_tree(tmp_path, current=512 * MIB, inactive_file=0, limits={"/a": str(2 * GIB)}, path="/a")
+    small_v2(tmp_path)
     m = MemoryMonitor(MemoryConfig(monitoring_interval_sec=0.02), root=str(tmp_path), native=native)
     m.start()
     try:
@@ -217,7 +213,7 @@ def test_at_rest_either_loop_looks_cheaply_and_leaves_on_the_first_bad_reading(
         reading = m.last_reading
         assert reading is not None and reading.used_bytes == 512 * MIB
         assert abs(m.last_sample_timestamp - time.time()) < 1  # rest samples keep it fresh
-        (tmp_path / "sys/fs/cgroup/a/memory.current").write_text(str(1900 * MIB))  # 148 MiB left
+        (tmp_path / CURRENT).write_text(str(1900 * MIB))  # 148 MiB left
         started = time.monotonic()
         while m.level is not Level.EMERGENCY and time.monotonic() - started < 2:
             time.sleep(0.005)
