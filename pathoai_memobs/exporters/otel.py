@@ -70,11 +70,11 @@ def instrument(
     gauge, counter, one = reg.gauge, reg.counter, _one
 
     # -- GC first: its callback drains pauses into the histogram created right after ---------
-    pauses = meter.create_histogram(
+    pauses = reg.histogram(
         "pathoai.gc.duration",
-        unit="s",
-        description="Pause of each garbage collection, by generation.",
-        explicit_bucket_boundaries_advisory=list(PAUSE_BUCKETS),
+        "s",
+        "Pause of each garbage collection, by generation.",
+        PAUSE_BUCKETS,
     )
 
     def drain_pauses() -> None:
@@ -90,8 +90,6 @@ def instrument(
         return [Observation(snap.count[g], {GEN: g}) for g in range(GENERATIONS)]
 
     counter("cpython.gc.collections", "{collection}", "Collections, by generation.", gc_collections)
-    out.names.append("pathoai.gc.duration")
-    out._keep.append(pauses)
     counter(
         "cpython.gc.collected_objects",
         "{object}",
@@ -150,7 +148,8 @@ def _one(value: float, attrs: dict[str, Any] | None = None) -> list[Observation]
 
 
 class _Registrar:
-    """Creates observable instruments and keeps their names and references."""
+    """Creates instruments (observable ones, and histograms fed by a callback's drain) and
+    keeps their names and references."""
 
     def __init__(self, meter: Any, out: OTelInstruments) -> None:
         self.meter, self.out = meter, out
@@ -175,6 +174,15 @@ class _Registrar:
             name, self.meter.create_observable_counter(name, [fn], unit=unit, description=desc)
         )
 
+    def histogram(self, name: str, unit: str, desc: str, bounds: Iterable[float]) -> Any:
+        """A histogram with ``bounds`` as its advisory bucket boundaries (seconds-scale where
+        the SDK's defaults are milliseconds)."""
+        instrument = self.meter.create_histogram(
+            name, unit=unit, description=desc, explicit_bucket_boundaries_advisory=list(bounds)
+        )
+        self._keep(name, instrument)
+        return instrument
+
 
 class _Memo:
     """A value shared by the callbacks of one collection: computed once per ``ttl_s``."""
@@ -192,7 +200,7 @@ class _Memo:
 
 
 def _monitor_instruments(reg: _Registrar, m: MemoryMonitor) -> None:
-    meter, out = reg.meter, reg.out
+    out = reg.out
     gauge, updown, counter, one = reg.gauge, reg.updown, reg.counter, _one
     first = m.last_reading or m.sample()
     prefix = "container.memory" if first.source.startswith("cgroup") else "system.memory"
@@ -289,11 +297,11 @@ def _monitor_instruments(reg: _Registrar, m: MemoryMonitor) -> None:
         "Requests refused by admission control.",
         lambda _: one(m.requests_rejected_total),
     )
-    durations = meter.create_histogram(
+    durations = reg.histogram(
         "pathoai.emergency.cleanup.duration",
-        unit="s",
-        description="Duration of each emergency cleanup run.",
-        explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
+        "s",
+        "Duration of each emergency cleanup run.",
+        DURATION_BUCKETS,
     )
     out._runs_since = m.emergency_runs_since(0)[1]
 
@@ -305,8 +313,6 @@ def _monitor_instruments(reg: _Registrar, m: MemoryMonitor) -> None:
         return one(totals().runs)
 
     counter("pathoai.emergency.cleanups", "{run}", "Emergency cleanup runs.", cleanups)
-    out.names.append("pathoai.emergency.cleanup.duration")
-    out._keep.append(durations)
     counter(
         "pathoai.emergency.freed",
         "By",
