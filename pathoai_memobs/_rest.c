@@ -5,8 +5,11 @@
  * second. It returns to Python as soon as anything needs a decision: a kernel event, a
  * reading outside the band, a read that failed, or a full step that is due.
  *
- * The numbers mean what readers/system.py's MemorySampler reads; combine() and
- * RestBand.holds() are mirrored in rest_holds(), and the tests hold the two to each other.
+ * It reads what MemorySampler.rest_sample() reads, parsed by the same rules: /proc/meminfo as
+ * readers/_files.keyed_value reads it, each limit as parse_limit, usage and memory.stat where
+ * a limit applies; never the RSS. Numbers are read as Python's int() reads bytes. combine()
+ * and RestBand.holds() are mirrored in rest_holds(); property tests hold the two sides to
+ * each other.
  * Each sample is published through a seqlock in a caller-owned int64 buffer, read back by
  * snapshot() from any thread.
  */
@@ -21,19 +24,18 @@
 #include <unistd.h>
 
 enum { R_DUE = 0, R_EVENT = 1, R_LEFT = 2, R_ERROR = 3, R_POLL = 4 };
-enum { S_SEQ, S_COUNT, S_HOST_TOTAL, S_HOST_AVAILABLE, S_LIMIT, S_WORKING_SET, S_RSS, S_WALL_NS,
+enum { S_SEQ, S_COUNT, S_HOST_TOTAL, S_HOST_AVAILABLE, S_LIMIT, S_WORKING_SET, S_WALL_NS,
        S_MONO_NS, S_SLOTS };
 enum { MAX_FDS = 16, MAX_LIMITS = 16 };
 
 #define UNLIMITED_AT (INT64_C(1) << 62)
 
 typedef struct {
-    int meminfo, statm, usage, stat;
+    int meminfo, usage, stat;
     int limits[MAX_LIMITS];
     int nlimits;
     const char *key;  /* memory.stat's inactive-file key, separator included */
     Py_ssize_t keylen;
-    long page_size;
 } files_t;
 
 /* One pread of a whole small file into buf, NUL-terminated; -1 with errno on failure. */
@@ -46,26 +48,46 @@ static ssize_t read_file(int fd, char *buf, size_t size) {
     return n;
 }
 
-/* Digits at p (after blanks) into *out, times 1024 when " kB" follows; 0 when none. */
-static int parse_value(const char *p, int64_t *out) {
-    while (*p == ' ' || *p == '\t') p++;
-    if (*p < '0' || *p > '9') return 0;
+/* Python's bytes.isspace() set: what int() skips around a number. */
+static int py_space(char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
+
+/* [p, end) as Python's int() reads bytes: blanks around, an optional sign, decimal digits
+ * with single underscores between them, nothing else; 0 when int() would refuse it (or the
+ * value does not fit in int64, which no memory file holds). */
+static int parse_int(const char *p, const char *end, int64_t *out) {
+    while (p < end && py_space(*p)) p++;
+    while (end > p && py_space(end[-1])) end--;
+    int negative = 0;
+    if (p < end && (*p == '+' || *p == '-')) negative = *p++ == '-';
+    if (p == end || *p < '0' || *p > '9') return 0;
     int64_t v = 0;
-    while (*p >= '0' && *p <= '9') {
+    for (; p < end; p++) {
+        if (*p == '_') {
+            if (p + 1 >= end || p[1] < '0' || p[1] > '9') return 0;
+            continue;
+        }
+        if (*p < '0' || *p > '9') return 0;
         if (v > (INT64_MAX - 9) / 10) return 0;
-        v = v * 10 + (*p++ - '0');
+        v = v * 10 + (*p - '0');
     }
-    while (*p == ' ') p++;
-    if (p[0] == 'k' && p[1] == 'B') v *= 1024;
-    *out = v;
+    *out = negative ? -v : v;
     return 1;
 }
 
-/* The value on the line that starts with key (as readers/_files.keyed_value); 0 if absent. */
+/* The value on the line that starts with key, as readers/_files.keyed_value: the rest of the
+ * line, times 1024 when it ends in "kB". 1: read; 0: no line starts with key (KeyError);
+ * -1: int() refuses the text (ValueError). */
 static int keyed(const char *text, const char *key, size_t keylen, int64_t *out) {
     const char *p = text;
     while (p) {
-        if (strncmp(p, key, keylen) == 0) return parse_value(p + keylen, out);
+        if (strncmp(p, key, keylen) == 0) {
+            const char *start = p + keylen, *end = strchr(start, '\n');
+            if (!end) end = start + strlen(start);
+            int kb = end - start >= 2 && end[-2] == 'k' && end[-1] == 'B';
+            if (!parse_int(start, kb ? end - 2 : end, out)) return -1;
+            if (kb) *out *= 1024;
+            return 1;
+        }
         p = strchr(p, '\n');
         if (p) p++;
     }
@@ -73,15 +95,16 @@ static int keyed(const char *text, const char *key, size_t keylen, int64_t *out)
 }
 
 typedef struct {
-    int64_t host_total, host_available, limit, working_set, rss;
+    int64_t host_total, host_available, limit, working_set;
 } sample_t;
 
-/* One sample, as MemorySampler.sample(); -1 with errno (EINVAL for a text it can't parse). */
+/* One sample, as MemorySampler.rest_sample(); -1 with errno (EINVAL for a text it can't
+ * parse). */
 static int take(const files_t *f, sample_t *s) {
     char buf[8192];
     if (read_file(f->meminfo, buf, sizeof buf) < 0) return -1;
-    if (!keyed(buf, "MemTotal:", 9, &s->host_total) ||
-        !keyed(buf, "MemAvailable:", 13, &s->host_available)) {
+    if (keyed(buf, "MemTotal:", 9, &s->host_total) != 1 ||
+        keyed(buf, "MemAvailable:", 13, &s->host_available) != 1) {
         errno = EINVAL;
         return -1;
     }
@@ -89,35 +112,32 @@ static int take(const files_t *f, sample_t *s) {
     for (int i = 0; i < f->nlimits; i++) {
         ssize_t n = read_file(f->limits[i], buf, 64);
         if (n < 0) return -1;
-        if (n == 0 || buf[0] == 'm' || buf[0] <= ' ') continue; /* "max" (v2) or blank */
+        if (n == 0 || buf[0] == 'm' || buf[0] <= ' ') continue; /* parse_limit: "max" or blank */
         int64_t v;
-        if (!parse_value(buf, &v)) {
+        if (!parse_int(buf, buf + n, &v)) {
             errno = EINVAL;
             return -1;
         }
-        if (v < lowest) lowest = v;
+        if (v < lowest) lowest = v; /* at or past UNLIMITED_AT: unlimited, as parse_limit */
     }
     s->limit = lowest < UNLIMITED_AT ? lowest : -1;
     s->working_set = -1;
     if (s->limit >= 0 && s->limit < s->host_total && f->usage >= 0) {
         int64_t usage, inactive = 0;
-        if (read_file(f->usage, buf, 64) < 0) return -1;
-        if (!parse_value(buf, &usage)) {
+        ssize_t n = read_file(f->usage, buf, 64);
+        if (n < 0) return -1;
+        if (!parse_int(buf, buf + n, &usage)) {
             errno = EINVAL;
             return -1;
         }
         if (read_file(f->stat, buf, sizeof buf) < 0) return -1;
-        keyed(buf, f->key, (size_t)f->keylen, &inactive); /* absent: 0, as inactive_file() */
+        /* absent: 0, as inactive_file(); present but unreadable: an error, as int() */
+        if (keyed(buf, f->key, (size_t)f->keylen, &inactive) < 0) {
+            errno = EINVAL;
+            return -1;
+        }
         s->working_set = inactive < usage ? usage - inactive : 0;
     }
-    if (read_file(f->statm, buf, 256) < 0) return -1;
-    const char *p = strchr(buf, ' ');
-    int64_t pages;
-    if (!p || !parse_value(p, &pages)) {
-        errno = EINVAL;
-        return -1;
-    }
-    s->rss = pages * f->page_size;
     return 0;
 }
 
@@ -152,7 +172,6 @@ static void publish(int64_t *slots, const sample_t *s) {
     __atomic_store_n(&slots[S_HOST_AVAILABLE], s->host_available, __ATOMIC_RELAXED);
     __atomic_store_n(&slots[S_LIMIT], s->limit, __ATOMIC_RELAXED);
     __atomic_store_n(&slots[S_WORKING_SET], s->working_set, __ATOMIC_RELAXED);
-    __atomic_store_n(&slots[S_RSS], s->rss, __ATOMIC_RELAXED);
     __atomic_store_n(&slots[S_WALL_NS], now_ns(CLOCK_REALTIME), __ATOMIC_RELAXED);
     __atomic_store_n(&slots[S_MONO_NS], now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
     __atomic_store_n(&slots[S_SEQ], seq + 2, __ATOMIC_RELEASE);
@@ -163,7 +182,7 @@ static int get_slots(PyObject *obj, Py_buffer *view) {
     if (view->len < (Py_ssize_t)(S_SLOTS * sizeof(int64_t)) ||
         ((uintptr_t)view->buf % sizeof(int64_t)) != 0) {
         PyBuffer_Release(view);
-        PyErr_SetString(PyExc_ValueError, "slots: an aligned buffer of at least 9 int64");
+        PyErr_SetString(PyExc_ValueError, "slots: an aligned buffer of at least 8 int64");
         return -1;
     }
     return 0;
@@ -172,8 +191,8 @@ static int get_slots(PyObject *obj, Py_buffer *view) {
 PyDoc_STRVAR(watch_doc,
 "watch(pollfds, timeout_ms, samples, files, band, slots) -> (reason, taken, detail)\n\n"
 "Up to samples times: poll pollfds ((fd, events) pairs) for timeout_ms, then take a\n"
-"sample and publish it in slots. files: (meminfo, statm, usage, stat, stat_key,\n"
-"limit_fds); usage and stat -1 where no cgroup. band: (total, min_available, max_used).\n"
+"sample and publish it in slots. files: (meminfo, usage, stat, stat_key, limit_fds);\n"
+"usage and stat -1 where no cgroup. band: (total, min_available, max_used).\n"
 "reason 0: one more timeout ran out after samples samples (a full step is due);\n"
 "1: poll reported events, detail is their (fd, revents) list; 2: the last sample left\n"
 "the band; 3: a read failed, 4: poll failed, detail is the errno. The GIL is released\n"
@@ -185,8 +204,8 @@ static PyObject *watch(PyObject *self, PyObject *args) {
     long samples;
     long long band_in[3];
     files_t f;
-    if (!PyArg_ParseTuple(args, "Oil(iiiiy#O)(LLL)O", &pollseq, &timeout_ms, &samples, &f.meminfo,
-                          &f.statm, &f.usage, &f.stat, &f.key, &f.keylen, &limitseq, &band_in[0],
+    if (!PyArg_ParseTuple(args, "Oil(iiiy#O)(LLL)O", &pollseq, &timeout_ms, &samples, &f.meminfo,
+                          &f.usage, &f.stat, &f.key, &f.keylen, &limitseq, &band_in[0],
                           &band_in[1], &band_in[2], &slots_obj))
         return NULL;
     struct pollfd fds[MAX_FDS];
@@ -212,7 +231,6 @@ static PyObject *watch(PyObject *self, PyObject *args) {
         Py_DECREF(item);
         if (f.limits[i] == -1 && PyErr_Occurred()) return NULL;
     }
-    f.page_size = sysconf(_SC_PAGESIZE);
     int64_t band[3] = {band_in[0], band_in[1], band_in[2]};
     Py_buffer view;
     if (get_slots(slots_obj, &view) < 0) return NULL;
@@ -273,7 +291,7 @@ static PyObject *watch(PyObject *self, PyObject *args) {
 }
 
 PyDoc_STRVAR(snapshot_doc,
-"snapshot(slots) -> (count, host_total, host_available, limit, working_set, rss, wall_ns,\n"
+"snapshot(slots) -> (count, host_total, host_available, limit, working_set, wall_ns,\n"
 "mono_ns): the latest sample watch() published, read consistently from any thread.\n"
 "limit and working_set are -1 where absent.");
 
@@ -288,10 +306,10 @@ static PyObject *snapshot(PyObject *self, PyObject *arg) {
         if (!(seq & 1) && __atomic_load_n(&slots[S_SEQ], __ATOMIC_RELAXED) == seq) break;
     }
     PyBuffer_Release(&view);
-    return Py_BuildValue("(LLLLLLLL)", (long long)copy[S_COUNT], (long long)copy[S_HOST_TOTAL],
+    return Py_BuildValue("(LLLLLLL)", (long long)copy[S_COUNT], (long long)copy[S_HOST_TOTAL],
                          (long long)copy[S_HOST_AVAILABLE], (long long)copy[S_LIMIT],
-                         (long long)copy[S_WORKING_SET], (long long)copy[S_RSS],
-                         (long long)copy[S_WALL_NS], (long long)copy[S_MONO_NS]);
+                         (long long)copy[S_WORKING_SET], (long long)copy[S_WALL_NS],
+                         (long long)copy[S_MONO_NS]);
 }
 
 static PyMethodDef methods[] = {

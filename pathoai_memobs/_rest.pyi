@@ -14,9 +14,9 @@ def watch(
     pollfds: Sequence[tuple[int, int]],
     timeout_ms: int,
     samples: int,
-    files: tuple[int, int, int, int, bytes, Sequence[int]],
+    files: tuple[int, int, int, bytes, Sequence[int]],
     band: tuple[int, int, int],
     slots: array[int] | bytearray,
     /,
 ) -> tuple[int, int, list[tuple[int, int]] | int]: ...
-def snapshot(slots: array[int] | bytearray, /) -> tuple[int, int, int, int, int, int, int, int]: ...
+def snapshot(slots: array[int] | bytearray, /) -> tuple[int, int, int, int, int, int, int]: ...

@@ -1,10 +1,12 @@
-"""Emergency cleanup: the registered callbacks, one run's record, and the running totals.
+"""Emergency cleanup's core: a plan of steps, ``run_plan``, and the records it leaves.
 
 A run is one action at a time, then a new measurement (as Ray's memory monitor does):
 the user's callbacks in priority order, then the built-in steps, stopping as soon as
-available memory is back above the floor. ``MemoryMonitor`` drives it; this module holds
-the pieces that do not need the monitor: records, totals, and running one callback inside
-its time budget.
+available memory is back above the target. ``run_plan`` is that loop over plain values
+(steps, a measure, a clock), so tests drive it without threads or a monitor;
+``emergency_cleanup.EmergencyCleanup`` owns the registry, the worker and the cooldown, and
+builds the plan. Also here: running one user callback inside its time budget, and the
+totals the exporters publish.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import threading
 import time
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from itertools import accumulate
-from typing import Final
+from typing import Final, NamedTuple
 
 from .logging import CLEANUP_CALLBACK_FAILED, CLEANUP_CALLBACK_OVERRAN, ERROR, WARNING, emit
 
@@ -52,6 +55,24 @@ class RegisteredCallback:
     worker: threading.Thread | None = None
 
 
+class StepStatus(Enum):
+    """How one step ended: it ran, it raised, it overran its budget, or it was skipped
+    (its previous run is still going)."""
+
+    OK = "ok"
+    FAILED = "failed"
+    OVERRAN = "overran"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a plan: a name for metrics and logs, and what to run."""
+
+    name: str
+    run: Callable[[], StepStatus]
+
+
 @dataclass(frozen=True)
 class StepResult:
     """What one step of a run did: time taken, bytes of available memory it won back."""
@@ -59,9 +80,49 @@ class StepResult:
     name: str
     duration_s: float
     freed_bytes: int
-    ok: bool = True
-    overran: bool = False
-    skipped: bool = False
+    status: StepStatus = StepStatus.OK
+
+    @property
+    def ok(self) -> bool:
+        return self.status is StepStatus.OK
+
+    @property
+    def overran(self) -> bool:
+        return self.status is StepStatus.OVERRAN
+
+    @property
+    def skipped(self) -> bool:
+        return self.status is StepStatus.SKIPPED
+
+
+class PlanOutcome(NamedTuple):
+    """What ``run_plan`` saw: the first and last available bytes and each step's result."""
+
+    available_before: int
+    available_after: int
+    steps: tuple[StepResult, ...]
+
+
+def run_plan(
+    steps: Sequence[Step],
+    measure: Callable[[], int],
+    target_bytes: int,
+    clock: Callable[[], float] = time.monotonic,
+) -> PlanOutcome:
+    """Run ``steps`` in order, measuring available bytes before the first and after each,
+    until a measurement reaches ``target_bytes``. A step's freed bytes are what available
+    memory gained across it (0 when other work took more meanwhile)."""
+    before = available = measure()
+    results: list[StepResult] = []
+    for step in steps:
+        if available >= target_bytes:
+            break
+        t0 = clock()
+        status = step.run()
+        after = measure()
+        results.append(StepResult(step.name, clock() - t0, max(0, after - available), status))
+        available = after
+    return PlanOutcome(before, available, tuple(results))
 
 
 @dataclass(frozen=True)
@@ -125,15 +186,15 @@ def run_with_budget(
     totals: EmergencyTotals,
     lock: threading.Lock,
     clock: Callable[[], float] = time.monotonic,
-) -> tuple[bool, bool, bool]:
-    """Run ``cb`` in its own thread, waiting at most ``budget_s``; (ok, overran, skipped).
+) -> StepStatus:
+    """Run ``cb`` in its own thread, waiting at most ``budget_s``.
 
     A callback that raises is logged and counted. One that overruns is reported and left
     to finish on its own (a Python thread cannot be killed); until it does, later runs
     skip it rather than stack a second copy.
     """
     if cb.worker is not None and cb.worker.is_alive():
-        return False, False, True
+        return StepStatus.SKIPPED
     failed = threading.Event()
 
     def target() -> None:
@@ -166,6 +227,6 @@ def run_with_budget(
             budget_s=budget_s,
             waited_s=round(clock() - start, 3),
         )
-        return False, True, False
+        return StepStatus.OVERRAN
     cb.worker = None
-    return not failed.is_set(), False, False
+    return StepStatus.FAILED if failed.is_set() else StepStatus.OK

@@ -1,4 +1,4 @@
-"""The pressure ladder as pure functions: levels, hysteresis, sampling pace, retry hints.
+"""The pressure ladder as pure functions: levels, hysteresis, pace, admission, actions, retry hints.
 
 Nothing here reads the OS or keeps state; ``MemoryMonitor`` feeds readings in and acts on
 what comes out, and tests replay recorded sequences through the same functions.
@@ -14,9 +14,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
-from .reading import MIB
+from .units import MIB
 
 if TYPE_CHECKING:
     from .config import MemoryConfig
@@ -184,6 +184,45 @@ def rest_pace(
     while pace > target:
         pace *= PACE_STEP
     return pace if pace >= min(min_interval_s, base_interval_s) else None
+
+
+def admits(
+    available_bytes: int, reserved_bytes: int, required_bytes: int, floor_bytes: int
+) -> bool:
+    """The admission rule: ``required`` fits when, after what is already reserved, available
+    memory stays at or above the floor."""
+    return available_bytes - reserved_bytes - required_bytes >= floor_bytes
+
+
+def v1_usage_thresholds(limit_bytes: int, t: Thresholds) -> tuple[int, ...]:
+    """cgroup v1 usage values worth a kernel wake-up: each ratio rung and the floor, in bytes."""
+    return (
+        int(limit_bytes * t.warning_ratio),
+        int(limit_bytes * t.critical_ratio),
+        limit_bytes - t.floor_bytes,
+    )
+
+
+class Actions(NamedTuple):
+    """What the monitor does after a reading at some level (see ``actions``)."""
+
+    collect: bool  # run a proactive collection now
+    next_proactive: float  # when the next proactive collection may run (monotonic s)
+    emergency: bool  # start an emergency cleanup (the cleanup's cooldown still applies)
+
+
+def actions(
+    level: Level, now: float, next_proactive: float, *, proactive_gc: bool, gc_interval_s: float
+) -> Actions:
+    """The one place a level becomes actions: at CRITICAL and above a proactive collection
+    at most every ``gc_interval_s``; at EMERGENCY a cleanup too. Below CRITICAL the next
+    crossing may collect at once."""
+    if level < Level.CRITICAL:
+        return Actions(False, 0.0, False)
+    collect = proactive_gc and now >= next_proactive
+    return Actions(
+        collect, now + gc_interval_s if collect else next_proactive, level is Level.EMERGENCY
+    )
 
 
 def retry_after_s(

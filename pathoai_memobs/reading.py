@@ -8,9 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-MIB = 1 << 20
+from .units import MIB
 
-Source = Literal["host", "cgroup_v1", "cgroup_v2"]
+__all__ = ["MIB", "MemoryMetrics", "Reading", "Source", "combine"]
+
+Source = Literal["host", "cgroup_v1", "cgroup_v2", "psutil"]
 
 
 class Reading(NamedTuple):

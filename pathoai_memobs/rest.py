@@ -5,7 +5,8 @@ alone costs about as much as the wake and the /proc read together, so where the
 extension ``_rest`` is built the background thread waits in ``watch()`` instead, and comes
 back to Python only for a decision: a kernel event, a reading outside the band, a failed
 read, or a full step that is due. Where it is not built (no compiler at install time),
-``NativeRest.create`` returns None and the monitor runs the same loop in Python.
+``NativeRest.create`` returns None and the monitor runs the same loop in Python. Both
+read what ``MemorySampler.rest_sample`` reads.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class NativeRest:
         assert _native is not None
         self._watch = _native.watch
         self._snapshot = _native.snapshot
+        self._sampler = sampler
         self._files = sampler.descriptors()
         self._source: CgroupSource | None = sampler.cgroup.source if sampler.cgroup else None
         self._slots = array("q", bytes(8 * _native.SLOTS))  # the seqlock and one sample
@@ -79,8 +81,8 @@ class NativeRest:
 
     def latest(self) -> Reading | None:
         """The latest published sample as a Reading (None before the first)."""
-        count, host_total, host_available, limit, working_set, rss, wall_ns, mono_ns = (
-            self._snapshot(self._slots)
+        count, host_total, host_available, limit, working_set, wall_ns, mono_ns = self._snapshot(
+            self._slots
         )
         seen, reading = self._latest
         if count != seen:
@@ -90,7 +92,7 @@ class NativeRest:
                 self._source if working_set >= 0 else None,
                 limit if limit >= 0 else None,
                 working_set if working_set >= 0 else None,
-                rss,
+                self._sampler.last_rss_bytes,  # rest samples don't read it, as rest_sample()
                 wall_ns / 1e9,
                 mono_ns / 1e9,
             )

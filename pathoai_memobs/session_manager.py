@@ -16,22 +16,25 @@ import bisect
 import collections
 import hashlib
 import hmac
-import math
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 from .config import MemoryConfig
 from .exceptions import SessionMemoryLimitError, SessionNotFoundError
-from .logging import ERROR, INFO, MONITOR_ERROR, SESSION_HOOK_FAILED, SESSION_REMOVED, emit
+from .logging import ERROR, INFO, SESSION_HOOK_FAILED, SESSION_REMOVED, emit
+from .session_accounting import SessionRecord, apply, measure_from_scratch, recount
+from .session_sweeper import Sweeper
+from .session_top import TopSessions
 from .sizeof import Charges, measure
+from .units import GIB, positive
 
-GIB: Final = 1 << 30
+__all__ = ["GIB", "SessionAggregates", "SessionData", "SessionManager", "fingerprint"]
 RemovalReason = Literal["timeout", "explicit", "emergency"]
 RemovalHook = Callable[[str, Mapping[str, Any], str], None]
 
@@ -56,7 +59,7 @@ class SessionData:
     accelerator memory (GPU tensors).
     """
 
-    session_id: str
+    session_id: str = field(repr=False)  # a secret: never in a repr, a log line or a label
     created_at: float
     last_access: float
     data: Mapping[str, Any]
@@ -80,44 +83,18 @@ class SessionAggregates:
     hook_failures_total: int
 
 
-class _Session:
-    __slots__ = (
-        "created_at",
-        "data",
-        "device",
-        "fp",
-        "host",
-        "keys",
-        "last_access",
-        "last_mono",
-        "pins",
-        "refs",
-        "sid",
-    )
+class Removed(NamedTuple):
+    """A session just taken out of the tables, whose hooks are still to run."""
 
-    def __init__(self, sid: str, now_mono: float, now_wall: float) -> None:
-        self.sid = sid
-        self.fp = fingerprint(sid)
-        self.created_at = self.last_access = now_wall
-        self.last_mono = now_mono
-        self.data: dict[str, Any] = {}
-        self.keys: dict[str, Charges] = {}
-        self.refs: dict[int, list[int]] = {}  # identity -> [bytes, keys reaching it, device]
-        self.host = 0
-        self.device = 0
-        self.pins = 0
+    sid: str
+    data: Mapping[str, Any]
+    reason: str
+    fp: str
+    nbytes: int
 
 
 def _bucket(nbytes: int) -> int:
     return bisect.bisect_left(SIZE_BUCKETS, nbytes)
-
-
-def _positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 class SessionManager:
@@ -133,10 +110,10 @@ class SessionManager:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self.timeout_s = _positive("timeout_minutes", timeout_minutes) * 60
-        self.max_memory_bytes = int(_positive("max_memory_gb", max_memory_gb) * GIB)
+        self.timeout_s = positive("timeout_minutes", timeout_minutes, maximum=1e9) * 60
+        self.max_memory_bytes = int(positive("max_memory_gb", max_memory_gb, maximum=1 << 32) * GIB)
         self.cleanup_interval_s = (
-            _positive("cleanup_interval_minutes", cleanup_interval_minutes) * 60
+            positive("cleanup_interval_minutes", cleanup_interval_minutes, maximum=1e9) * 60
         )
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
             raise ValueError(f"top_k must be an integer >= 0, got {top_k!r}")
@@ -144,7 +121,7 @@ class SessionManager:
         self._clock = clock
         self._wall = wall_clock
         self._lock = threading.RLock()
-        self._sessions: dict[str, _Session] = {}
+        self._sessions: dict[str, SessionRecord] = {}
         self._hooks: list[RemovalHook] = []
         self._total_host = 0
         self._total_device = 0
@@ -152,13 +129,10 @@ class SessionManager:
         self._created = 0
         self._removed: collections.Counter[str] = collections.Counter()
         self._hook_failures = 0
-        self._sweeper: threading.Thread | None = None
-        self._stop = threading.Event()
-        # The largest sessions, kept incrementally so a scrape costs O(K), not O(sessions):
-        # growth enters the set directly; a member shrinking or leaving marks it stale, and
-        # the next read rebuilds it in one pass.
-        self._top: dict[str, _Session] = {}
-        self._top_stale = False
+        self._sweeper = Sweeper(
+            self.cleanup_inactive_sessions, name="pathoai-session-sweeper", where="session_sweep"
+        )
+        self._top = TopSessions(top_k, self._sessions)
 
     @classmethod
     def from_config(cls, config: MemoryConfig, **kwargs: Any) -> SessionManager:
@@ -174,12 +148,12 @@ class SessionManager:
     def create_session(self) -> str:
         """A new empty session; its id has 256 bits from ``secrets``."""
         sid = secrets.token_urlsafe(32)
-        session = _Session(sid, self._clock(), self._wall())
+        session = SessionRecord(sid, fingerprint(sid), self._clock(), self._wall())
         with self._lock:
             self._sessions[sid] = session
             self._created += 1
             self._buckets[_bucket(0)] += 1
-            self._top_note(session, grew=True)
+            self._top.note(session, grew=True)
         return sid
 
     def update_session(self, session_id: str, **data: Any) -> None:
@@ -196,12 +170,12 @@ class SessionManager:
                 expired = self._detach(session, "timeout")
                 session = None
             if session is not None:
-                new_host, new_device = self._recount(session, measured)
+                new_host, new_device = recount(session, measured)
                 if new_host > self.max_memory_bytes:
                     raise SessionMemoryLimitError(new_host, self.max_memory_bytes, session.fp)
                 self._apply(session, data, measured, new_host, new_device)
         if expired is not None:
-            self._run_hooks(*expired)
+            self._run_hooks(expired)
         if session is None:
             raise SessionNotFoundError()
 
@@ -218,7 +192,7 @@ class SessionManager:
             else:
                 self._touch(session, now)
                 return self._view(session)
-        self._run_hooks(*expired)
+        self._run_hooks(expired)
         return None
 
     def delete_session(self, session_id: str) -> bool:
@@ -228,7 +202,7 @@ class SessionManager:
             if session is None:
                 return False
             removed = self._detach(session, "explicit")
-        self._run_hooks(*removed)
+        self._run_hooks(removed)
         return True
 
     def cleanup_inactive_sessions(self) -> int:
@@ -241,7 +215,7 @@ class SessionManager:
                 if self._expired(s, now)
             ]
         for item in removed:
-            self._run_hooks(*item)
+            self._run_hooks(item)
         return len(removed)
 
     # -- beyond the reference ---------------------------------------------------------------
@@ -258,7 +232,7 @@ class SessionManager:
                 session = None
         if session is None:
             if expired is not None:
-                self._run_hooks(*expired)
+                self._run_hooks(expired)
             raise SessionNotFoundError()
         with self._lock:
             if self._sessions.get(session_id) is not session:  # removed in between
@@ -296,7 +270,7 @@ class SessionManager:
                 freed += session.host
                 removed.append(self._detach(session, reason))
         for item in removed:
-            self._run_hooks(*item)
+            self._run_hooks(item)
         return freed
 
     def __len__(self) -> int:
@@ -313,7 +287,7 @@ class SessionManager:
         the top set shrank or left.
         """
         with self._lock:
-            ranked = [(s.fp, s.host) for s in self._top_sessions()]
+            ranked = [(s.fp, s.host) for s in self._top.ranked()]
             active = len(self._sessions)
             buckets = tuple(self._buckets)
             total, device = self._total_host, self._total_device
@@ -333,63 +307,32 @@ class SessionManager:
     def recount_from_scratch(self) -> int:
         """Total host bytes re-measured from the stored data (for checks, O(all data))."""
         with self._lock:
-            total = 0
-            for session in self._sessions.values():
-                merged: dict[int, int] = {}
-                inline = 0
-                for key in session.data:
-                    charges = measure(session.data[key])
-                    inline += charges.inline
-                    merged.update(charges.tracked)
-                total += inline + sum(merged.values())
-            return total
+            return sum(measure_from_scratch(s) for s in self._sessions.values())
 
     # -- background sweeper -----------------------------------------------------------------
 
     def start_sweeper(self, interval_s: float | None = None) -> None:
         """Remove expired sessions every ``interval_s`` (default: the cleanup interval)."""
         interval = (
-            self.cleanup_interval_s if interval_s is None else _positive("interval_s", interval_s)
+            self.cleanup_interval_s
+            if interval_s is None
+            else positive("interval_s", interval_s, maximum=1e9)
         )
-        with self._lock:
-            if self._sweeper is not None and self._sweeper.is_alive():
-                return
-            self._stop.clear()
-            self._sweeper = threading.Thread(
-                target=self._sweep, args=(interval,), name="pathoai-session-sweeper", daemon=True
-            )
-            self._sweeper.start()
+        self._sweeper.start(interval)
 
     def stop_sweeper(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        sweeper = self._sweeper
-        if sweeper is not None:
-            sweeper.join(timeout_s)
-        self._sweeper = None
-
-    def _sweep(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            try:
-                self.cleanup_inactive_sessions()
-            except Exception as exc:  # the sweeper must never die
-                emit(
-                    ERROR,
-                    MONITOR_ERROR,
-                    where="session_sweep",
-                    error=type(exc).__name__,
-                    exc_info=exc,
-                )
+        self._sweeper.stop(timeout_s)
 
     # -- internals --------------------------------------------------------------------------
 
-    def _expired(self, session: _Session, now: float) -> bool:
+    def _expired(self, session: SessionRecord, now: float) -> bool:
         return session.pins == 0 and now - session.last_mono > self.timeout_s
 
-    def _touch(self, session: _Session, now: float) -> None:
+    def _touch(self, session: SessionRecord, now: float) -> None:
         session.last_mono = now
         session.last_access = self._wall()
 
-    def _view(self, session: _Session) -> SessionData:
+    def _view(self, session: SessionRecord) -> SessionData:
         return SessionData(
             session.sid,
             session.created_at,
@@ -400,131 +343,45 @@ class SessionManager:
             session.fp,
         )
 
-    @staticmethod
-    def _recount(session: _Session, measured: Mapping[str, Charges]) -> tuple[int, int]:
-        """(host, device) bytes if ``measured`` replaced those keys; changes nothing."""
-        delta: dict[int, int] = {}
-        sizes: dict[int, tuple[int, bool]] = {}
-        host, device = session.host, session.device
-        for key, new in measured.items():
-            old = session.keys.get(key)
-            if old is not None:
-                host -= old.inline
-                for ident in (*old.tracked, *old.device):
-                    delta[ident] = delta.get(ident, 0) - 1
-            host += new.inline
-            for ident, n in new.tracked.items():
-                delta[ident] = delta.get(ident, 0) + 1
-                sizes[ident] = (n, False)
-            for ident, n in new.device.items():
-                delta[ident] = delta.get(ident, 0) + 1
-                sizes[ident] = (n, True)
-        for ident, d in delta.items():
-            ref = session.refs.get(ident)
-            before = ref[1] if ref is not None else 0
-            after = before + d
-            if before == 0 and after > 0:
-                n, on_device = sizes[ident]
-            elif before > 0 and after == 0:
-                n, on_device = -ref[0], bool(ref[2])  # type: ignore[index]
-            else:
-                continue
-            if on_device:
-                device += n
-            else:
-                host += n
-        return host, device
-
     def _apply(
         self,
-        session: _Session,
+        session: SessionRecord,
         data: Mapping[str, Any],
         measured: Mapping[str, Charges],
         host: int,
         device: int,
     ) -> None:
-        refs = session.refs
-        for key, new in measured.items():
-            old = session.keys.get(key)
-            for ident, n in (*new.tracked.items(), *new.device.items()):
-                ref = refs.get(ident)
-                if ref is None:
-                    refs[ident] = [n, 1, int(ident in new.device)]
-                else:
-                    ref[1] += 1
-            if old is not None:
-                for ident in (*old.tracked, *old.device):
-                    ref = refs[ident]
-                    ref[1] -= 1
-                    if ref[1] == 0:
-                        del refs[ident]
-            session.keys[key] = new
-            session.data[key] = data[key]
+        apply(session, data, measured)
         self._resize(session, host, device)
         self._touch(session, self._clock())
 
-    def _resize(self, session: _Session, host: int, device: int) -> None:
+    def _resize(self, session: SessionRecord, host: int, device: int) -> None:
         self._buckets[_bucket(session.host)] -= 1
         self._buckets[_bucket(host)] += 1
         self._total_host += host - session.host
         self._total_device += device - session.device
         grew = host >= session.host
         session.host, session.device = host, device
-        self._top_note(session, grew=grew)
+        self._top.note(session, grew=grew)
 
-    def _top_size(self) -> int:
-        return max(self.top_k, 1)  # the largest is always tracked, for its own gauge
-
-    def _top_note(self, session: _Session, *, grew: bool) -> None:
-        """Keep the top set right after ``session`` changed size (under the lock)."""
-        if self._top_stale:
-            return
-        top = self._top
-        if session.sid in top:
-            if not grew and len(self._sessions) > len(top):
-                self._top_stale = True  # an outsider may now be larger
-            return
-        if len(top) < self._top_size():
-            top[session.sid] = session
-            return
-        smallest = min(top.values(), key=lambda s: s.host)
-        if session.host > smallest.host:
-            del top[smallest.sid]
-            top[session.sid] = session
-
-    def _top_sessions(self) -> list[_Session]:
-        """The tracked largest sessions, largest first (rebuilt here when stale)."""
-        if self._top_stale:
-            import heapq  # noqa: PLC0415
-
-            best = heapq.nlargest(self._top_size(), self._sessions.values(), key=lambda s: s.host)
-            self._top = {s.sid: s for s in best}
-            self._top_stale = False
-        return sorted(self._top.values(), key=lambda s: s.host, reverse=True)
-
-    def _detach(
-        self, session: _Session, reason: str
-    ) -> tuple[str, Mapping[str, Any], str, str, int]:
+    def _detach(self, session: SessionRecord, reason: str) -> Removed:
         """Remove from the tables (under the lock); hooks run later, outside it."""
         del self._sessions[session.sid]
-        if (
-            self._top.pop(session.sid, None) is not None
-            and len(self._sessions) >= len(self._top) + 1
-        ):
-            self._top_stale = True  # a member left while others wait outside
+        self._top.left(session)
         self._buckets[_bucket(session.host)] -= 1
         self._total_host -= session.host
         self._total_device -= session.device
         self._removed[reason] += 1
-        return session.sid, MappingProxyType(session.data), reason, session.fp, session.host
+        return Removed(
+            session.sid, MappingProxyType(session.data), reason, session.fp, session.host
+        )
 
-    def _run_hooks(
-        self, sid: str, data: Mapping[str, Any], reason: str, fp: str, nbytes: int
-    ) -> None:
-        emit(INFO, SESSION_REMOVED, session=fp, reason=reason, bytes=nbytes)
+    def _run_hooks(self, removed: Removed) -> None:
+        fp, reason = removed.fp, removed.reason
+        emit(INFO, SESSION_REMOVED, session=fp, reason=reason, bytes=removed.nbytes)
         for hook in list(self._hooks):
             try:
-                hook(sid, data, reason)
+                hook(removed.sid, removed.data, reason)
             except Exception as exc:
                 with self._lock:
                     self._hook_failures += 1

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..exceptions import InsufficientMemoryError
-from ..monitor import to_bytes_mb
+from ..units import to_bytes_mb
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 

@@ -144,12 +144,31 @@ def find_memory_cgroup(root: str = "/") -> CgroupLocation | None:
     return None
 
 
+_M = ord("m")
+_SPACE = ord(" ")
+
+
 def parse_limit(data: bytes) -> int | None:
-    """A ``memory.max`` / ``memory.limit_in_bytes`` text; None for "max" or unlimited."""
-    if data.startswith(b"max") or not data.strip():
+    """A ``memory.max`` / ``memory.limit_in_bytes`` text; None for "max", blank or unlimited.
+
+    The kernel writes no leading blanks, so the first byte tells "max" or blank from a
+    number; the number is read as ``int()`` reads it (the compiled rest loop mirrors
+    both rules). Raises ValueError for anything else.
+    """
+    if not data or data[0] <= _SPACE or data[0] == _M:
         return None
     value = int(data)
     return None if value >= UNLIMITED_AT else value
+
+
+def lowest_limit(limits: list[bytes] | tuple[bytes, ...]) -> int | None:
+    """The lowest of the limit texts read up the tree; None where all are unlimited."""
+    lowest: int | None = None
+    for data in limits:
+        value = parse_limit(data)
+        if value is not None and (lowest is None or value < lowest):
+            lowest = value
+    return lowest
 
 
 def inactive_file(stat: bytes, key: bytes) -> int:
@@ -191,15 +210,10 @@ class CgroupReader:
 
     def limit_bytes(self) -> int | None:
         """The lowest limit up the hierarchy, or None where every level is unlimited."""
-        lowest: int | None = None
-        for f in self.limit_files:
-            value = parse_limit(f.read())
-            if value is not None and (lowest is None or value < lowest):
-                lowest = value
-        return lowest
+        return lowest_limit([f.read() for f in self.limit_files])
 
     def memory(self) -> CgroupMemory:
-        """Current usage and inactive file cache of this cgroup."""
+        """Current usage and inactive file cache of this cgroup (as MemorySampler reads them)."""
         return CgroupMemory(
             int(self.usage_file.read()), inactive_file(self.stat_file.read(), self.inactive_key)
         )

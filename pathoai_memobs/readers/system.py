@@ -1,4 +1,11 @@
-"""MemorySampler: host + this process's cgroup + process RSS, combined into one Reading."""
+"""MemorySampler: host + this process's cgroup + process RSS, combined into one Reading.
+
+The one read path of the library: the sampler preads the readers' kept descriptors and
+parses each text with the readers' own functions (``meminfo_total_available``,
+``lowest_limit``, ``inactive_file``, ``parse_statm_rss``); the readers' methods go through
+the same functions, and the compiled rest loop (``_rest.c``) mirrors them, held to them by
+a property test.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +15,16 @@ from collections.abc import Callable
 
 from ..reading import Reading, combine
 from .cgroup import (
-    UNLIMITED_AT,
     CgroupLocation,
     CgroupReader,
     find_memory_cgroup,
     inactive_file,
+    lowest_limit,
 )
 from .host import HostReader, meminfo_total_available
 from .process import ProcessReader, parse_statm_rss
 
 _pread = os.pread
-_M = ord("m")
-_SPACE = ord(" ")
 
 
 class MemorySampler:
@@ -61,28 +66,21 @@ class MemorySampler:
             self._usage_fd = self.cgroup.usage_file.fileno()
             self._stat_fd = self.cgroup.stat_file.fileno()
 
-    def sample(self, *, rss: bool = True) -> Reading:
-        """One full sample: host meminfo, every cgroup limit up the tree, usage where limited, RSS.
+    def sample(self, *, rss: bool = True, fresh_limits: bool = False) -> Reading:
+        """One full sample: host meminfo, every cgroup limit up the tree, usage where limited,
+        and RSS (``rss=False`` reuses the last one). ``fresh_limits`` reads the limits even
+        within their TTL.
 
-        This runs up to ten times a second, so it reads the kept descriptors directly
-        (one ``pread`` each) instead of going through the readers' methods.
+        This runs up to ten times a second, so it preads the kept descriptors directly
+        instead of going through the readers' methods (which read the same way).
         """
         host_total, host_available = meminfo_total_available(_pread(self._meminfo_fd, 8192, 0))
         working_set = source = None
         now = self._clock()
-        if now < self._limit_until:
+        if now < self._limit_until and not fresh_limits:
             limit = self._limit
         else:
-            lowest = UNLIMITED_AT
-            for fd in self._limit_fds:
-                data = _pread(fd, 64, 0)
-                # "max" (v2) or blank: unlimited, as parse_limit (the kernel writes no
-                # leading blanks, so the first byte tells)
-                if data and data[0] > _SPACE and data[0] != _M:
-                    value = int(data)
-                    if value < lowest:  # noqa: PLR1730 -- min() costs a call per file
-                        lowest = value
-            limit = lowest if lowest < UNLIMITED_AT else None
+            limit = lowest_limit([_pread(fd, 64, 0) for fd in self._limit_fds])
             if self.limit_ttl_s > 0:
                 self._limit, self._limit_until = limit, now + self.limit_ttl_s
         if limit is not None and limit < host_total:
@@ -105,14 +103,24 @@ class MemorySampler:
             now,
         )
 
-    def descriptors(self) -> tuple[int, int, int, int, bytes, tuple[int, ...]]:
-        """The kept descriptors, in the compiled rest loop's order: meminfo, statm, the
-        cgroup's usage and memory.stat (-1 without a cgroup), the inactive-file key of
-        memory.stat, and the limit files up the tree."""
+    def rest_sample(self) -> Reading:
+        """What both rest loops read per sample (this one and the compiled one in
+        ``_rest.c``): meminfo, every limit file, usage and memory.stat where limited; the
+        last RSS, not a new one."""
+        return self.sample(rss=False, fresh_limits=True)
+
+    @property
+    def last_rss_bytes(self) -> int:
+        """The RSS of the latest sample that read it."""
+        return self._last_rss
+
+    def descriptors(self) -> tuple[int, int, int, bytes, tuple[int, ...]]:
+        """What ``rest_sample`` reads, in the compiled rest loop's order: the meminfo
+        descriptor, the cgroup's usage and memory.stat (-1 without a cgroup), the
+        inactive-file key of memory.stat, and the limit files up the tree."""
         key = self.cgroup.inactive_key if self.cgroup is not None else b""
         return (
             self._meminfo_fd,
-            self._statm_fd,
             self._usage_fd,
             self._stat_fd,
             key,

@@ -1,0 +1,130 @@
+"""Per-session accounting: which identities (buffers, containers) a session's keys reach.
+
+A session keeps, per identity, one ``BufferRef``: its bytes, how many of the session's
+keys reach it, and whether it lives on a device. A buffer counts while at least one key
+reaches it, so views of one image, or one object under two keys, are charged once, and an
+update costs the size of what it touches. ``recount`` says what an update would cost
+without changing anything; ``apply`` makes it so. Both run under the manager's lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .sizeof import Charges, measure
+
+
+class BufferRef:
+    """One identity a session reaches: its size, the keys reaching it, host or device."""
+
+    __slots__ = ("keys", "nbytes", "on_device")
+
+    def __init__(self, nbytes: int, on_device: bool) -> None:
+        self.nbytes = nbytes
+        self.keys = 1
+        self.on_device = on_device
+
+
+class SessionRecord:
+    """A live session as the manager keeps it (the caller sees a ``SessionData``)."""
+
+    __slots__ = (
+        "created_at",
+        "data",
+        "device",
+        "fp",
+        "host",
+        "keys",
+        "last_access",
+        "last_mono",
+        "pins",
+        "refs",
+        "sid",
+    )
+
+    def __init__(self, sid: str, fp: str, now_mono: float, now_wall: float) -> None:
+        self.sid = sid
+        self.fp = fp
+        self.created_at = self.last_access = now_wall
+        self.last_mono = now_mono
+        self.data: dict[str, Any] = {}
+        self.keys: dict[str, Charges] = {}  # what each key was charged when it was set
+        self.refs: dict[int, BufferRef] = {}  # identity -> its bytes and the keys reaching it
+        self.host = 0
+        self.device = 0
+        self.pins = 0
+
+
+def recount(session: SessionRecord, measured: Mapping[str, Charges]) -> tuple[int, int]:
+    """(host, device) bytes if ``measured`` replaced those keys; changes nothing."""
+    delta: dict[int, int] = {}
+    sizes: dict[int, tuple[int, bool]] = {}
+    host, device = session.host, session.device
+    for key, new in measured.items():
+        old = session.keys.get(key)
+        if old is not None:
+            host -= old.inline
+            for ident in (*old.tracked, *old.device):
+                delta[ident] = delta.get(ident, 0) - 1
+        host += new.inline
+        for ident, n in new.tracked.items():
+            delta[ident] = delta.get(ident, 0) + 1
+            sizes[ident] = (n, False)
+        for ident, n in new.device.items():
+            delta[ident] = delta.get(ident, 0) + 1
+            sizes[ident] = (n, True)
+    for ident, d in delta.items():
+        ref = session.refs.get(ident)
+        before = ref.keys if ref is not None else 0
+        after = before + d
+        if before == 0 and after > 0:
+            n, on_device = sizes[ident]
+        elif ref is not None and after == 0:
+            n, on_device = -ref.nbytes, ref.on_device
+        else:
+            continue
+        if on_device:
+            device += n
+        else:
+            host += n
+    return host, device
+
+
+def apply(session: SessionRecord, data: Mapping[str, Any], measured: Mapping[str, Charges]) -> None:
+    """Store ``data`` under its keys and move the references; sizes are set by the caller
+    (from ``recount``)."""
+    refs = session.refs
+    for key, new in measured.items():
+        old = session.keys.get(key)
+        for ident, n in new.tracked.items():
+            _reach(refs, ident, n, on_device=False)
+        for ident, n in new.device.items():
+            _reach(refs, ident, n, on_device=True)
+        if old is not None:
+            for ident in (*old.tracked, *old.device):
+                ref = refs[ident]
+                ref.keys -= 1
+                if ref.keys == 0:
+                    del refs[ident]
+        session.keys[key] = new
+        session.data[key] = data[key]
+
+
+def _reach(refs: dict[int, BufferRef], ident: int, nbytes: int, *, on_device: bool) -> None:
+    ref = refs.get(ident)
+    if ref is None:
+        refs[ident] = BufferRef(nbytes, on_device)
+    else:
+        ref.keys += 1
+
+
+def measure_from_scratch(session: SessionRecord) -> int:
+    """The session's host bytes, re-measured from its stored data (for checks: O(data))."""
+    merged: dict[int, int] = {}
+    inline = 0
+    for value in session.data.values():
+        charges = measure(value)
+        inline += charges.inline
+        merged.update(charges.tracked)
+    return inline + sum(merged.values())
