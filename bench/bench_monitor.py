@@ -177,7 +177,7 @@ def _cpu_rows() -> tuple[list[Row], dict[str, float]]:
 def _run_in_cgroup(limit: int, flag: str, count: int, timeout_s: int) -> tuple[Any, int]:
     """Run this module with ``flag count`` in a new cgroup of ``limit`` bytes: its JSON
     output and the cgroup's OOM kills. Raises CgroupUnavailableError where none can be made."""
-    from pathoai_memobs.cgroup_sandbox import memory_cgroup
+    from pathoai_memobs.tools.cgroup_sandbox import memory_cgroup
 
     with memory_cgroup(limit, prefix="pathoai-bench") as group:
         proc = subprocess.run(
@@ -211,7 +211,7 @@ def _cgroup_cpu_rows() -> tuple[list[Row], str]:
     """The same at rest inside a small limited cgroup, the usual container: there every
     reading is within a few seconds' fill of a rung, so the adaptive pace is faster than
     the interval, and the limit, usage and memory.stat files are read on each sample."""
-    from pathoai_memobs.cgroup_sandbox import CgroupUnavailableError
+    from pathoai_memobs.tools.cgroup_sandbox import CgroupUnavailableError
 
     progress(f"monitor CPU inside a {CGROUP_CPU_LIMIT >> 30} GiB cgroup")
     try:
@@ -327,7 +327,7 @@ def _inner_latency(trials: int) -> dict[str, list[float]]:
 
 
 def _latency_rows() -> tuple[list[Row], str]:
-    from pathoai_memobs.cgroup_sandbox import CgroupUnavailableError
+    from pathoai_memobs.tools.cgroup_sandbox import CgroupUnavailableError
 
     trials = 11
     progress(f"detection latency inside a 1 GiB cgroup ({trials} trials per scenario and sampler)")

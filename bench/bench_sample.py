@@ -95,7 +95,7 @@ def run() -> tuple[list[Row], str]:
     rows = [_row("this process", here), _floor_row("this process", here)]
     notes = ""
     try:
-        from pathoai_memobs.cgroup_sandbox import CgroupUnavailableError, memory_cgroup
+        from pathoai_memobs.tools.cgroup_sandbox import CgroupUnavailableError, memory_cgroup
 
         progress("sampling inside a 1 GiB cgroup")
         with memory_cgroup(1 << 30, prefix="pathoai-bench") as group:

@@ -6,7 +6,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from pathoai_memobs.cgroup_sandbox import CgroupUnavailableError, MemoryCgroup, create_memory_cgroup
+from pathoai_memobs.tools.cgroup_sandbox import (
+    CgroupUnavailableError,
+    MemoryCgroup,
+    create_memory_cgroup,
+)
 
 
 @pytest.fixture

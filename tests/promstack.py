@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from pathoai_memobs import stack
+from pathoai_memobs.tools import stack
 
 
 def free_port() -> int:
@@ -52,7 +52,7 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 
 
 class Prometheus:
-    """``pathoai_memobs.stack.prometheus`` on a free port, with query helpers for tests."""
+    """``pathoai_memobs.tools.stack.prometheus`` on a free port, with query helpers for tests."""
 
     def __init__(self, workdir: Path, scrape_targets: list[str], rule_files: list[Path] = (),
                  alertmanager: str | None = None, interval: str = "1s") -> None:  # fmt: skip
@@ -88,3 +88,39 @@ class Prometheus:
 
     def stop(self) -> None:
         self.service.stop()
+
+
+def check_stack_command(command: list[str], cwd: str | None = None) -> None:
+    """Run ``<command> stack`` for a few seconds and check what it promises: Prometheus with
+    the shipped rules and Alertmanager on loopback, both gone after it stops (SIGTERM)."""
+    import subprocess  # noqa: PLC0415
+
+    binary("prometheus")
+    binary("prometheus-alertmanager", "alertmanager")
+    prom, am = free_port(), free_port()
+    argv = [*command, "stack", "--duration", "8", "--target", "127.0.0.1:9"]
+    argv += ["--prometheus-port", str(prom), "--alertmanager-port", str(am)]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("prometheus") and f"127.0.0.1:{prom}" in first, first
+        with urllib.request.urlopen(f"http://127.0.0.1:{prom}/api/v1/rules", timeout=5) as r:
+            rules = json.loads(r.read())["data"]["groups"]
+        assert any(g["name"] == "pathoai-memory.alerts" for g in rules)
+        with urllib.request.urlopen(f"http://127.0.0.1:{am}/-/ready", timeout=5) as r:
+            assert r.status == 200
+        out, err = proc.communicate(timeout=60)
+    finally:
+        stack.terminate(proc)  # SIGTERM first: the stack command then stops its own servers
+    assert proc.returncode == 0, err
+    assert "stack stopped" in out
+    time.sleep(0.5)
+    for port in (prom, am):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2)
+            raise AssertionError(f"port {port} still served after stop")
+        except OSError:
+            pass

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from pathoai_memobs.stack import terminate
+from pathoai_memobs.tools.stack import terminate
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -124,51 +124,6 @@ def test_demo_serves_metrics_with_sessions_and_cleans_up() -> None:
 
 
 def test_stack_starts_prometheus_and_alertmanager_and_stops_them() -> None:
-    import time
-    import urllib.request
+    from .promstack import check_stack_command
 
-    from .promstack import binary, free_port
-
-    binary("prometheus")
-    binary("prometheus-alertmanager", "alertmanager")
-    prom, am = free_port(), free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pathoai_memobs",
-            "stack",
-            "--duration",
-            "8",
-            "--prometheus-port",
-            str(prom),
-            "--alertmanager-port",
-            str(am),
-            "--target",
-            "127.0.0.1:9",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        first = proc.stdout.readline()
-        assert first.startswith("prometheus") and f"127.0.0.1:{prom}" in first, first
-        with urllib.request.urlopen(f"http://127.0.0.1:{prom}/api/v1/rules", timeout=5) as r:
-            rules = json.loads(r.read())["data"]["groups"]
-        assert any(g["name"] == "pathoai-memory.alerts" for g in rules)
-        with urllib.request.urlopen(f"http://127.0.0.1:{am}/-/ready", timeout=5) as r:
-            assert r.status == 200
-        out, err = proc.communicate(timeout=60)
-    finally:
-        terminate(proc)  # SIGTERM first: the stack command then stops its own servers
-    assert proc.returncode == 0, err
-    assert "stack stopped" in out
-    time.sleep(0.5)
-    for port in (prom, am):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2)
-            raise AssertionError(f"port {port} still served after stop")
-        except OSError:
-            pass
+    check_stack_command([sys.executable, "-m", "pathoai_memobs"])

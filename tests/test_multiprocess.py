@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pathoai_memobs.stack import terminate
+from pathoai_memobs.tools.stack import terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 

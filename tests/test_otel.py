@@ -29,7 +29,7 @@ from pathoai_memobs import (
 )
 from pathoai_memobs.exporters.otel import instrument, setup_otlp
 from pathoai_memobs.gc_pauses import PAUSE_BUCKETS
-from pathoai_memobs.stack import terminate
+from pathoai_memobs.tools.stack import terminate
 
 from .promstack import free_port
 

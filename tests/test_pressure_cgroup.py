@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pathoai_memobs.cgroup_sandbox import MemoryCgroup
+from pathoai_memobs.tools.cgroup_sandbox import MemoryCgroup
 
 GIB = 1 << 30
 WORKLOAD = str(Path(__file__).parent / "workloads" / "session_flood.py")

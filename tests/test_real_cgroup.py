@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from pathoai_memobs.cgroup_sandbox import MemoryCgroup
+from pathoai_memobs.tools.cgroup_sandbox import MemoryCgroup
 
 MIB = 1 << 20
 

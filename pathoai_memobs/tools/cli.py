@@ -1,4 +1,4 @@
-"""The ``pathoai-memobs`` command: demo, stack, status, watch, check-config."""
+"""The ``pathoai-memobs`` command: demo, stack, assets, status, watch, check-config."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from .config import MemoryConfig
-from .exceptions import ConfigError
-from .monitor import MemoryMonitor
+from ..config import MemoryConfig
+from ..exceptions import ConfigError
+from ..monitor import MemoryMonitor
 
 
 def _watch(args: argparse.Namespace) -> int:
@@ -91,9 +91,24 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _stack(args: argparse.Namespace) -> int:
-    from . import demo  # noqa: PLC0415
+    from . import stack  # noqa: PLC0415
 
-    return demo.stack_main(args.target, args.prometheus_port, args.alertmanager_port, args.duration)
+    return stack.main(args.target, args.prometheus_port, args.alertmanager_port, args.duration)
+
+
+def _assets(args: argparse.Namespace) -> int:
+    from pathlib import Path  # noqa: PLC0415
+
+    from . import assets  # noqa: PLC0415
+
+    try:
+        written = assets.write(Path(args.out))
+    except OSError as exc:  # a file in the way, no permission, no assets in this build
+        print(f"assets: {exc}", file=sys.stderr)
+        return 1
+    for target in written:
+        print(target)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     stack.add_argument("--alertmanager-port", type=int, default=9093)
     stack.add_argument("--duration", type=float, default=0, help="seconds; 0 runs until Ctrl-C")
     stack.set_defaults(func=_stack)
+    out = sub.add_parser("assets", help="write the alert rules, routing and dashboards to a folder")
+    out.add_argument("--out", required=True, help="folder to write into (created if missing)")
+    out.set_defaults(func=_assets)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

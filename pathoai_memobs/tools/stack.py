@@ -1,22 +1,25 @@
 """A local monitoring stack: the real Prometheus and Alertmanager (Debian packages that
 ``make`` installs) on loopback, with the shipped rules and routing, pointed at a target.
 
-Used by ``pathoai-memobs stack`` and by the tests. Each service runs in a temporary
-directory that is removed when it stops; nothing listens beyond 127.0.0.1.
+Used by ``pathoai-memobs stack`` (``main``) and by the tests. Each service runs in a
+temporary directory that is removed when it stops; nothing listens beyond 127.0.0.1. The
+rules and routing come from ``assets``, so an installed wheel runs it without a checkout.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TextIO
 
-ASSETS = Path(__file__).resolve().parent.parent / "alerts"
+from . import assets
 
 
 class StackError(RuntimeError):
@@ -129,8 +132,9 @@ class Stack:
         self.services: list[Service] = []
         try:
             rules = self.dir / "pathoai-memory.rules.yml"
-            shutil.copy(ASSETS / "pathoai-memory.rules.yml", rules)
-            am = alertmanager(self.dir, ASSETS / "alertmanager.yml", port=alertmanager_port)
+            shutil.copy(assets.path("alerts", "pathoai-memory.rules.yml"), rules)
+            routing = assets.path("alerts", "alertmanager.yml")
+            am = alertmanager(self.dir, routing, port=alertmanager_port)
             self.services.append(am)
             self.services.append(
                 prometheus(
@@ -154,3 +158,35 @@ class Stack:
             service.stop()
         self.services = []
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def main(
+    target: str,
+    prometheus_port: int,
+    alertmanager_port: int,
+    duration: float,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Start Prometheus and Alertmanager pointed at ``target``; stop them on Ctrl-C."""
+    try:
+        stack = Stack(target, prometheus_port=prometheus_port, alertmanager_port=alertmanager_port)
+    except StackError as exc:
+        print(f"stack: {exc}", file=sys.stderr)
+        return 1
+    try:
+        urls = stack.urls()
+        print(f"prometheus    {urls['prometheus']}  (scraping {target}, rules loaded)", file=out)
+        print(f"alertmanager  {urls['alertmanager']}", file=out)
+        grafana = assets.root() / "grafana" / "provisioning"
+        if grafana.exists():
+            print(f"grafana       point your Grafana's provisioning at {grafana}", file=out)
+        print("Ctrl-C stops everything.", file=out, flush=True)
+        deadline = time.monotonic() + duration if duration > 0 else math.inf
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+    print("stack stopped", file=out, flush=True)
+    return 0

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .readers.cgroup import CgroupLocation, find_memory_cgroup
+from ..readers.cgroup import CgroupLocation, find_memory_cgroup
 
 
 class CgroupUnavailableError(OSError):

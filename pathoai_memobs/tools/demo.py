@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
-from .config import MemoryConfig
-from .exceptions import InsufficientMemoryError, SessionMemoryLimitError, SessionNotFoundError
-from .monitor import MemoryMonitor
-from .readers.system import MemorySampler
-from .reading import MIB, Reading
+from ..config import MemoryConfig
+from ..exceptions import InsufficientMemoryError, SessionMemoryLimitError, SessionNotFoundError
+from ..monitor import MemoryMonitor
+from ..readers.system import MemorySampler
+from ..reading import MIB, Reading
 
 LIMIT_BYTES = 2 << 30
 INNER_ENV = "PATHOAI_DEMO_INNER"
@@ -147,7 +147,7 @@ def _bar(ratio: float, width: int = 32) -> str:
 def status_lines(scene: Scene, elapsed: float) -> list[str]:
     """The one-screen status, as text lines."""
     monitor, sessions, work, s, where = scene
-    from .gc_pauses import GC_PAUSES  # noqa: PLC0415
+    from ..gc_pauses import GC_PAUSES  # noqa: PLC0415
 
     r = monitor.last_reading or monitor.sample()
     agg = sessions.aggregates()
@@ -183,10 +183,10 @@ def status_lines(scene: Scene, elapsed: float) -> list[str]:
 def run(s: DemoSettings, where: str, sampler: Any = None, out: TextIO = sys.stdout) -> int:
     """Run the workload with the whole manager, the exporter and JSON logs, until the
     duration ends or Ctrl-C."""
-    from .exporters.prometheus import instrument, start_http_server  # noqa: PLC0415
-    from .gc_manager import GarbageCollectionManager  # noqa: PLC0415
-    from .logging import configure_logging  # noqa: PLC0415
-    from .session_manager import SessionManager  # noqa: PLC0415
+    from ..exporters.prometheus import instrument, start_http_server  # noqa: PLC0415
+    from ..gc_manager import GarbageCollectionManager  # noqa: PLC0415
+    from ..logging import configure_logging  # noqa: PLC0415
+    from ..session_manager import SessionManager  # noqa: PLC0415
 
     log = open(s.log_path, "a", encoding="utf-8")  # noqa: SIM115 -- closed below
     handler = configure_logging("json", stream=log)
@@ -325,37 +325,3 @@ def _in_cgroup(group: Any, s: DemoSettings) -> int:
     if kills:
         print(f"the demo's cgroup saw {kills} OOM kill(s)", file=sys.stderr)
     return 0 if code in (0, -signal.SIGINT, 130) else int(code)
-
-
-def stack_main(
-    target: str,
-    prometheus_port: int,
-    alertmanager_port: int,
-    duration: float,
-    out: TextIO = sys.stdout,
-) -> int:
-    """Start Prometheus and Alertmanager pointed at ``target``; stop them on Ctrl-C."""
-    from .stack import Stack, StackError  # noqa: PLC0415
-
-    try:
-        stack = Stack(target, prometheus_port=prometheus_port, alertmanager_port=alertmanager_port)
-    except StackError as exc:
-        print(f"stack: {exc}", file=sys.stderr)
-        return 1
-    try:
-        urls = stack.urls()
-        print(f"prometheus    {urls['prometheus']}  (scraping {target}, rules loaded)", file=out)
-        print(f"alertmanager  {urls['alertmanager']}", file=out)
-        grafana = Path(__file__).resolve().parent.parent / "grafana" / "provisioning"
-        if grafana.exists():
-            print(f"grafana       point your Grafana's provisioning at {grafana}", file=out)
-        print("Ctrl-C stops everything.", file=out, flush=True)
-        deadline = time.monotonic() + duration if duration > 0 else math.inf
-        while time.monotonic() < deadline:
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stack.stop()
-    print("stack stopped", file=out, flush=True)
-    return 0
