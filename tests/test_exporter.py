@@ -136,18 +136,6 @@ def test_promtool_check_metrics_finds_nothing(tmp_path: Path) -> None:
     assert out.returncode == 0 and not out.stdout.strip() and not out.stderr.strip(), out
 
 
-def test_docs_catalogue_lists_every_metric() -> None:
-    doc = (ROOT / "docs" / "metrics.md").read_text()
-    rows = {
-        line.split("|")[1].strip().strip("`"): line
-        for line in doc.splitlines()
-        if line.startswith("| `pathoai_")
-    }
-    assert set(rows) == set(BY_NAME)
-    for name, line in rows.items():
-        assert f"| {BY_NAME[name].kind} |" in line, name
-
-
 # -- serving ------------------------------------------------------------------------------
 
 

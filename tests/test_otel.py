@@ -27,6 +27,7 @@ from pathoai_memobs import (
     MemoryMonitor,
     SessionManager,
 )
+from pathoai_memobs.exporters.catalogue import otel_names
 from pathoai_memobs.exporters.otel import instrument, setup_otlp
 from pathoai_memobs.gc_pauses import PAUSE_BUCKETS
 from pathoai_memobs.tools.stack import terminate
@@ -139,6 +140,7 @@ def value(metric: Any, **attrs: Any) -> float:
 
 def check_received(received: Received, monitor: MemoryMonitor, sessions: SessionManager) -> None:
     got = received.metrics()
+    assert set(got) <= otel_names(), set(got) - otel_names()  # nothing beyond the catalogue
     reading = monitor.sample()
     prefix = "container.memory" if reading.source.startswith("cgroup") else "system.memory"
     for name, unit in {

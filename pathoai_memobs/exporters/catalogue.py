@@ -1,7 +1,9 @@
 """Every exported metric: name, type, unit, labels, meaning, and how workers combine.
 
-One catalogue serves both exporters (Prometheus names here; OpenTelemetry names beside
-them) and docs/metrics.md, which a test keeps equal to it. Names are public API.
+One catalogue serves both exporters and docs/metrics.md: each metric declares its
+Prometheus name, type, unit and labels, and its OpenTelemetry instruments (name, UCUM
+unit, kind, attribute names); the label values known in advance are here too. Tests keep
+docs/metrics.md and what each exporter registers equal to it. Names are public API.
 ``merge`` says how the multiprocess collector combines workers: ``sum`` (counters,
 histograms, per-worker quantities), ``max``/``min`` (one shared quantity seen by every
 worker, e.g. the container's memory), ``union`` (label sets such as info metrics).
@@ -16,6 +18,28 @@ Kind = Literal["gauge", "counter", "histogram", "gaugehistogram"]
 Merge = Literal["sum", "max", "min", "union", "top"]
 
 
+Instrument = Literal["gauge", "updown", "counter", "histogram"]
+Scope = Literal["any", "cgroup", "host"]
+
+#: The generation attribute of the semantic conventions' cpython.gc.* metrics.
+GEN: Final = "cpython.gc.generation"
+
+
+@dataclass(frozen=True)
+class OTel:
+    """How one metric is exported to OpenTelemetry: instrument name (semantic conventions
+    where one exists, ``pathoai.*`` otherwise), UCUM unit, instrument kind, the attribute
+    name of each Prometheus label (in order), attributes every point carries, and for which
+    readings it applies (``cgroup``: the reading comes from a cgroup; ``host``: not)."""
+
+    name: str
+    unit: str
+    instrument: Instrument
+    attributes: tuple[str, ...] = ()
+    fixed: tuple[tuple[str, str], ...] = ()
+    scope: Scope = "any"
+
+
 @dataclass(frozen=True)
 class Metric:
     name: str  # as exposed (counters with their _total)
@@ -24,6 +48,13 @@ class Metric:
     labels: tuple[str, ...]
     help: str
     merge: Merge
+    otel: tuple[OTel, ...] = ()  # its OpenTelemetry instruments (none: Prometheus only)
+
+
+#: Label values known before they are seen: exported at 0 from the start by both exporters.
+GC_REASONS: Final = ("manual", "proactive", "emergency")
+REMOVAL_REASONS: Final = ("timeout", "explicit", "emergency")
+ERROR_PLACES: Final = ("sample", "action", "wakeups", "emergency_step", "scrape")
 
 
 CATALOGUE: Final[tuple[Metric, ...]] = (
@@ -35,6 +66,10 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
         (),
         "Memory this process may use: the lowest cgroup limit up the tree, or the host's total.",
         "max",
+        otel=(
+            OTel("pathoai.memory.limit", "By", "updown", scope="cgroup"),
+            OTel("system.memory.limit", "By", "updown", scope="host"),
+        ),
     ),
     Metric(
         "pathoai_memory_used_bytes",
@@ -43,6 +78,16 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
         (),
         "Memory in use against the limit: the cgroup working set (usage minus inactive file cache), or the host's total minus available.",
         "max",
+        otel=(
+            OTel("container.memory.usage", "By", "updown", scope="cgroup"),
+            OTel(
+                "system.memory.usage",
+                "By",
+                "updown",
+                fixed=(("system.memory.state", "used"),),
+                scope="host",
+            ),
+        ),
     ),
     Metric(
         "pathoai_memory_available_bytes",
@@ -51,8 +96,29 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
         (),
         "Memory still available before the limit (the lower of the cgroup's and the host's).",
         "min",
+        otel=(
+            OTel("container.memory.available", "By", "updown", scope="cgroup"),
+            OTel(
+                "system.memory.usage",
+                "By",
+                "updown",
+                fixed=(("system.memory.state", "free"),),
+                scope="host",
+            ),
+        ),
     ),
-    Metric("pathoai_memory_used_ratio", "gauge", "ratio", (), "Used over limit, 0..1.", "max"),
+    Metric(
+        "pathoai_memory_used_ratio",
+        "gauge",
+        "ratio",
+        (),
+        "Used over limit, 0..1.",
+        "max",
+        otel=(
+            OTel("container.memory.utilization", "1", "gauge", scope="cgroup"),
+            OTel("system.memory.utilization", "1", "gauge", scope="host"),
+        ),
+    ),
     Metric(
         "pathoai_memory_source_info",
         "gauge",
@@ -68,6 +134,7 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
         ("kind",),
         "PSI memory avg10: share of the last 10 s in which some (or all) tasks stalled on memory.",
         "max",
+        otel=(OTel("pathoai.memory.pressure.stall", "1", "gauge", ("pathoai.psi.kind",)),),
     ),
     Metric(
         "pathoai_memory_pressure_level",
@@ -76,6 +143,7 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
         (),
         "Pressure level: 0 normal, 1 warning, 2 critical, 3 emergency.",
         "max",
+        otel=(OTel("pathoai.memory.pressure.level", "1", "gauge"),),
     ),
     Metric(
         "pathoai_memory_warning_threshold_ratio",
@@ -84,6 +152,7 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
         (),
         "Used ratio at which the warning level starts (MAX_MEMORY_PERCENT / 100).",
         "max",
+        otel=(OTel("pathoai.memory.warning_threshold", "1", "gauge"),),
     ),
     Metric(
         "pathoai_memory_critical_threshold_ratio",
@@ -92,6 +161,7 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
         (),
         "Used ratio at which the critical level (proactive GC) starts.",
         "max",
+        otel=(OTel("pathoai.memory.critical_threshold", "1", "gauge"),),
     ),
     Metric(
         "pathoai_memory_emergency_threshold_bytes",
@@ -100,6 +170,7 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
         (),
         "Available memory below which the emergency level (cleanup, rejection) starts.",
         "max",
+        otel=(OTel("pathoai.memory.emergency_threshold", "By", "gauge"),),
     ),
     Metric(
         "pathoai_memory_reserved_bytes",
@@ -108,6 +179,7 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
         (),
         "Memory reserved by admitted requests still in flight.",
         "sum",
+        otel=(OTel("pathoai.memory.reserved", "By", "updown"),),
     ),
     Metric(
         "pathoai_requests_rejected_total",
@@ -116,10 +188,27 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
         (),
         "Requests refused by admission control.",
         "sum",
+        otel=(OTel("pathoai.requests.rejected", "{request}", "counter"),),
     ),
     # sessions
-    Metric("pathoai_sessions_active", "gauge", "", (), "Live sessions.", "sum"),
-    Metric("pathoai_sessions_created_total", "counter", "", (), "Sessions created.", "sum"),
+    Metric(
+        "pathoai_sessions_active",
+        "gauge",
+        "",
+        (),
+        "Live sessions.",
+        "sum",
+        otel=(OTel("pathoai.session.active", "{session}", "updown"),),
+    ),
+    Metric(
+        "pathoai_sessions_created_total",
+        "counter",
+        "",
+        (),
+        "Sessions created.",
+        "sum",
+        otel=(OTel("pathoai.session.created", "{session}", "counter"),),
+    ),
     Metric(
         "pathoai_sessions_removed_total",
         "counter",
@@ -127,6 +216,14 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
         ("reason",),
         "Sessions removed, by reason: timeout, explicit, emergency.",
         "sum",
+        otel=(
+            OTel(
+                "pathoai.session.removed",
+                "{session}",
+                "counter",
+                ("pathoai.session.removal_reason",),
+            ),
+        ),
     ),
     Metric(
         "pathoai_session_memory_bytes",
@@ -135,6 +232,7 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
         (),
         "Distribution of the live sessions' accounted host memory (gauge histogram; _gsum is the total).",
         "sum",
+        otel=(OTel("pathoai.session.memory", "By", "updown"),),
     ),
     Metric(
         "pathoai_session_device_memory_bytes",
@@ -151,6 +249,7 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
         (),
         "Per-session memory limit (MAX_SESSION_MEMORY_GB).",
         "max",
+        otel=(OTel("pathoai.session.memory.limit", "By", "gauge"),),
     ),
     Metric(
         "pathoai_session_memory_max_bytes",
@@ -159,6 +258,7 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
         (),
         "Accounted memory of the largest live session.",
         "max",
+        otel=(OTel("pathoai.session.memory.max", "By", "gauge"),),
     ),
     Metric(
         "pathoai_session_top_memory_bytes",
@@ -167,6 +267,7 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
         ("session",),
         "Accounted memory of the largest sessions, by fingerprint (never the id).",
         "top",
+        otel=(OTel("pathoai.session.top.memory", "By", "gauge", ("pathoai.session.fingerprint",)),),
     ),
     Metric(
         "pathoai_session_removal_hook_failures_total",
@@ -184,6 +285,10 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
         ("generation",),
         "Pause of each garbage collection the interpreter ran, by generation.",
         "sum",
+        otel=(
+            OTel("pathoai.gc.duration", "s", "histogram", (GEN,)),
+            OTel("cpython.gc.collections", "{collection}", "counter", (GEN,)),
+        ),
     ),
     Metric(
         "pathoai_gc_collected_objects_total",
@@ -192,6 +297,7 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
         ("generation",),
         "Objects freed by the garbage collector, by generation.",
         "sum",
+        otel=(OTel("cpython.gc.collected_objects", "{object}", "counter", (GEN,)),),
     ),
     Metric(
         "pathoai_gc_uncollectable_objects_total",
@@ -200,6 +306,7 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
         ("generation",),
         "Objects the garbage collector found uncollectable, by generation.",
         "sum",
+        otel=(OTel("cpython.gc.uncollectable_objects", "{object}", "counter", (GEN,)),),
     ),
     Metric(
         "pathoai_gc_frozen_objects",
@@ -208,6 +315,7 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
         (),
         "Objects moved out of the collector's reach by freeze().",
         "sum",
+        otel=(OTel("pathoai.gc.frozen_objects", "{object}", "gauge"),),
     ),
     Metric(
         "pathoai_gc_manager_collections_total",
@@ -216,6 +324,11 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
         ("reason",),
         "Collections the GC manager ran, by reason (manual, proactive, emergency).",
         "sum",
+        otel=(
+            OTel(
+                "pathoai.gc.manager.collections", "{collection}", "counter", ("pathoai.gc.reason",)
+            ),
+        ),
     ),
     Metric(
         "pathoai_gc_manager_skipped_collections_total",
@@ -226,7 +339,15 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
         "sum",
     ),
     # emergency cleanup
-    Metric("pathoai_emergency_cleanups_total", "counter", "", (), "Emergency cleanup runs.", "sum"),
+    Metric(
+        "pathoai_emergency_cleanups_total",
+        "counter",
+        "",
+        (),
+        "Emergency cleanup runs.",
+        "sum",
+        otel=(OTel("pathoai.emergency.cleanups", "{run}", "counter"),),
+    ),
     Metric(
         "pathoai_emergency_cleanup_duration_seconds",
         "histogram",
@@ -234,6 +355,7 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
         (),
         "Duration of each emergency cleanup run.",
         "sum",
+        otel=(OTel("pathoai.emergency.cleanup.duration", "s", "histogram"),),
     ),
     Metric(
         "pathoai_emergency_cleanup_freed_bytes_total",
@@ -242,6 +364,7 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
         (),
         "Available memory won back by emergency cleanup runs.",
         "sum",
+        otel=(OTel("pathoai.emergency.freed", "By", "counter"),),
     ),
     Metric(
         "pathoai_cleanup_callback_failures_total",
@@ -250,6 +373,14 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
         ("callback",),
         "Emergency cleanup callbacks that raised, by callback name.",
         "sum",
+        otel=(
+            OTel(
+                "pathoai.cleanup_callback.failures",
+                "{failure}",
+                "counter",
+                ("pathoai.cleanup_callback.name",),
+            ),
+        ),
     ),
     Metric(
         "pathoai_cleanup_callback_overruns_total",
@@ -267,6 +398,7 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
         (),
         "Unix time of the monitor's last good reading (the oldest across workers).",
         "min",
+        otel=(OTel("pathoai.monitor.last_sample_time", "s", "gauge"),),
     ),
     Metric(
         "pathoai_monitor_interval_seconds",
@@ -291,6 +423,9 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
         ("where",),
         "Errors the monitor survived, by where: sample, action, wakeups (kernel event set-up or poll), emergency_step, scrape.",
         "sum",
+        otel=(
+            OTel("pathoai.monitor.errors", "{error}", "counter", ("pathoai.monitor.error.where",)),
+        ),
     ),
     Metric(
         "pathoai_memobs_build_info",
@@ -311,6 +446,20 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
 )
 
 BY_NAME: Final = {m.name: m for m in CATALOGUE}
+
+#: OpenTelemetry instruments with no metric of ours behind them, and what stands for them
+#: on the Prometheus side.
+OTEL_ONLY: Final[tuple[tuple[OTel, str], ...]] = (
+    (
+        OTel("process.memory.usage", "By", "updown"),
+        "prometheus_client's own process_resident_memory_bytes",
+    ),
+)
+
+
+def otel_names() -> set[str]:
+    """Every OpenTelemetry instrument name the catalogue declares."""
+    return {o.name for m in CATALOGUE for o in m.otel} | {o.name for o, _ in OTEL_ONLY}
 
 
 def family_name(metric: Metric) -> str:

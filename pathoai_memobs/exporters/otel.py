@@ -1,12 +1,13 @@
 """OpenTelemetry: the same live state as OTel instruments, pushed over OTLP.
 
-``instrument()`` registers observable instruments over a monitor, a session manager and
-the GC state, and two histograms (GC pauses, emergency runs) fed outside the gc callback:
-the pause timer keeps recent pauses in a lock-free ring, and the collection callbacks
-drain it into the histogram. Names follow the semantic conventions where one exists
-(``container.memory.*`` when the reading comes from a cgroup, ``system.memory.*``
-otherwise, ``process.memory.usage``, ``cpython.gc.*``) and ``pathoai.*`` elsewhere;
-units are UCUM. The mapping to the Prometheus names is in docs/metrics.md.
+``instrument()`` registers one instrument per OpenTelemetry name the catalogue declares
+(``catalogue.Metric.otel``: name, UCUM unit, kind, attribute names), fed by the value of
+the Prometheus metric behind it, so both exporters come from one table. Names follow the
+semantic conventions where one exists (``container.memory.*`` when the reading comes
+from a cgroup, ``system.memory.*`` otherwise, ``process.memory.usage``, ``cpython.gc.*``)
+and ``pathoai.*`` elsewhere. The two histograms (GC pauses, emergency runs) are fed
+outside the gc callback: the pause timer keeps recent pauses in a lock-free ring, and
+the collection callbacks drain it into the histogram.
 
 ``setup_otlp()`` builds a MeterProvider exporting over OTLP, configured only by the
 standard ``OTEL_*`` variables. OpenTelemetry is imported only when this module is.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,15 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from .. import __version__
 from ..emergency import DURATION_BUCKETS
 from ..gc_pauses import GC_PAUSES, GENERATIONS, PAUSE_BUCKETS, PauseTimer
-from .prometheus import ERROR_PLACES, GC_REASONS, REMOVAL_REASONS
+from .catalogue import (
+    CATALOGUE,
+    ERROR_PLACES,
+    GC_REASONS,
+    GEN,
+    OTEL_ONLY,
+    REMOVAL_REASONS,
+    OTel,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
@@ -36,7 +45,8 @@ if TYPE_CHECKING:
     from ..monitor import MemoryMonitor
     from ..session_manager import SessionManager
 
-GEN = "cpython.gc.generation"
+#: A value function: a number, or (label values, number) pairs for a labelled metric.
+Values = Callable[[], Any]
 
 
 @dataclass
@@ -65,123 +75,139 @@ def instrument(
     out = OTelInstruments()
     timer.install()
     out._pause_since = timer.recent(0)[1]
-
+    values: dict[str, Values] = _gc_values(timer, gc_manager)
+    scope = "host"
+    if monitor is not None:
+        first = monitor.last_reading or monitor.sample()
+        scope = "cgroup" if first.source.startswith("cgroup") else "host"
+        values |= _monitor_values(monitor)
+    if sessions is not None:
+        values |= _session_values(sessions)
     reg = _Registrar(meter, out)
-    gauge, counter, one = reg.gauge, reg.counter, _one
-
-    # -- GC first: its callback drains pauses into the histogram created right after ---------
-    pauses = reg.histogram(
-        "pathoai.gc.duration",
-        "s",
-        "Pause of each garbage collection, by generation.",
-        PAUSE_BUCKETS,
-    )
+    # The histograms first: the counters' callbacks below drain into them.
+    pauses = reg.histogram(_spec("pathoai.gc.duration"), PAUSE_BUCKETS)
 
     def drain_pauses() -> None:
         with out._drain_lock:
-            values, out._pause_since, lost = timer.recent(out._pause_since)
+            found, out._pause_since, lost = timer.recent(out._pause_since)
             out.lost_pauses += lost
-        for seconds, generation in values:
+        for seconds, generation in found:
             pauses.record(seconds, {GEN: generation})
 
-    def gc_collections(_: CallbackOptions) -> Iterable[Observation]:
-        drain_pauses()
-        snap = timer.snapshot()
-        return [Observation(snap.count[g], {GEN: g}) for g in range(GENERATIONS)]
-
-    counter("cpython.gc.collections", "{collection}", "Collections, by generation.", gc_collections)
-    counter(
-        "cpython.gc.collected_objects",
-        "{object}",
-        "Objects freed by the collector, by generation.",
-        lambda _: [Observation(n, {GEN: g}) for g, n in enumerate(timer.snapshot().collected)],
-    )
-    counter(
-        "cpython.gc.uncollectable_objects",
-        "{object}",
-        "Objects the collector found uncollectable, by generation.",
-        lambda _: [Observation(n, {GEN: g}) for g, n in enumerate(timer.snapshot().uncollectable)],
-    )
-    from ..gc_manager import GarbageCollectionManager  # noqa: PLC0415
-
-    gauge(
-        "pathoai.gc.frozen_objects",
-        "{object}",
-        "Objects frozen out of the collector's reach.",
-        lambda _: one(GarbageCollectionManager.frozen_count()),
-    )
-    if gc_manager is not None:
-        manager = gc_manager
-        counter(
-            "pathoai.gc.manager.collections",
-            "{collection}",
-            "Collections the GC manager ran, by reason.",
-            lambda _: [
-                Observation(manager.triggered.get(r, 0), {"pathoai.gc.reason": r})
-                for r in dict.fromkeys(GC_REASONS) | dict.fromkeys(manager.triggered)
-            ],
-        )
-
+    before: dict[str, Callable[[], None]] = {"cpython.gc.collections": drain_pauses}
     if monitor is not None:
-        _monitor_instruments(reg, monitor)
-    if sessions is not None:
-        _session_instruments(reg, sessions)
+        runs = reg.histogram(_spec("pathoai.emergency.cleanup.duration"), DURATION_BUCKETS)
+        out._runs_since = monitor.emergency_runs_since(0)[1]
+
+        def drain_runs() -> None:
+            with out._drain_lock:
+                found_runs, out._runs_since = monitor.emergency_runs_since(out._runs_since)
+            for run in found_runs:
+                runs.record(run.duration_s)
+
+        before["pathoai.emergency.cleanups"] = drain_runs
+    for spec, sources in _observed(values, scope):
+        reg.observable(spec, _callback(sources, before.get(spec.name)))
     return out
 
 
-def _labelled(counts: Any, known: Iterable[str], attribute: str) -> list[Observation]:
-    """One observation per known key (0 when unseen) and per key seen beyond them."""
+def _spec(name: str) -> OTel:
+    """The catalogue's declaration of one OpenTelemetry instrument."""
+    for metric in CATALOGUE:
+        for spec in metric.otel:
+            if spec.name == name:
+                return spec
+    raise KeyError(name)
+
+
+def _observed(
+    values: dict[str, Values], scope: str
+) -> list[tuple[OTel, list[tuple[OTel, Values]]]]:
+    """Each observable instrument in scope, with the (declaration, values) feeding it: one
+    OpenTelemetry name may gather several metrics (``system.memory.usage`` by state)."""
+    grouped: dict[str, list[tuple[OTel, Values]]] = {}
+    declared = [(spec, metric.name) for metric in CATALOGUE for spec in metric.otel]
+    declared += [(spec, spec.name) for spec, _ in OTEL_ONLY]
+    for spec, source in declared:
+        if spec.instrument != "histogram" and spec.scope in ("any", scope) and source in values:
+            grouped.setdefault(spec.name, []).append((spec, values[source]))
+    return [(feeds[0][0], feeds) for feeds in grouped.values()]
+
+
+def _callback(
+    sources: list[tuple[OTel, Values]], before: Callable[[], None] | None
+) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    """Observations of ``sources``: label values become the declared attributes."""
+    if len(sources) == 1 and not sources[0][0].attributes and not sources[0][0].fixed:
+        fn = sources[0][1]  # the common case: one number, no attributes
+
+        def single(_: CallbackOptions) -> Iterable[Observation]:
+            if before is not None:
+                before()
+            # None, not {}: the SDK copies and cleans every attributes mapping, even empty.
+            return [Observation(fn(), None)]
+
+        return single
+
+    def labelled(_: CallbackOptions) -> Iterable[Observation]:
+        if before is not None:
+            before()
+        found: list[Observation] = []
+        for spec, fn in sources:
+            fixed = dict(spec.fixed)
+            if not spec.attributes:
+                found.append(Observation(fn(), fixed or None))
+                continue
+            names = spec.attributes
+            for labels, number in fn():
+                found.append(Observation(number, dict(zip(names, labels, strict=True)) | fixed))
+        return found
+
+    return labelled
+
+
+def _labelled(counts: Any, known: Iterable[str]) -> list[tuple[tuple[str], int]]:
+    """One pair per known key (0 when unseen) and per key seen beyond them."""
     keys = dict.fromkeys(known) | dict.fromkeys(counts)
-    return [Observation(counts.get(k, 0), {attribute: k}) for k in keys]
-
-
-def _states(r: Any) -> list[Observation]:
-    return [
-        Observation(r.used_bytes, {"system.memory.state": "used"}),
-        Observation(r.available_bytes, {"system.memory.state": "free"}),
-    ]
-
-
-def _one(value: float, attrs: dict[str, Any] | None = None) -> list[Observation]:
-    # None, not {}: the SDK copies and cleans every attributes mapping, even an empty one.
-    return [Observation(value, attrs or None)]
+    return [((k,), counts.get(k, 0)) for k in keys]
 
 
 class _Registrar:
-    """Creates instruments (observable ones, and histograms fed by a callback's drain) and
-    keeps their names and references."""
+    """Creates the instruments the catalogue declares and keeps their names and references."""
 
     def __init__(self, meter: Any, out: OTelInstruments) -> None:
         self.meter, self.out = meter, out
 
-    def _keep(self, name: str, instrument: Any) -> None:
+    def _keep(self, name: str, instrument: Any) -> Any:
         self.out.names.append(name)
         self.out._keep.append(instrument)
+        return instrument
 
-    def gauge(self, name: str, unit: str, desc: str, fn: Any) -> None:
-        self._keep(
-            name, self.meter.create_observable_gauge(name, [fn], unit=unit, description=desc)
-        )
+    def observable(self, spec: OTel, fn: Any) -> None:
+        create = {
+            "gauge": self.meter.create_observable_gauge,
+            "updown": self.meter.create_observable_up_down_counter,
+            "counter": self.meter.create_observable_counter,
+        }[spec.instrument]
+        self._keep(spec.name, create(spec.name, [fn], unit=spec.unit, description=_help(spec)))
 
-    def updown(self, name: str, unit: str, desc: str, fn: Any) -> None:
-        self._keep(
-            name,
-            self.meter.create_observable_up_down_counter(name, [fn], unit=unit, description=desc),
-        )
-
-    def counter(self, name: str, unit: str, desc: str, fn: Any) -> None:
-        self._keep(
-            name, self.meter.create_observable_counter(name, [fn], unit=unit, description=desc)
-        )
-
-    def histogram(self, name: str, unit: str, desc: str, bounds: Iterable[float]) -> Any:
+    def histogram(self, spec: OTel, bounds: Iterable[float]) -> Any:
         """A histogram with ``bounds`` as its advisory bucket boundaries (seconds-scale where
         the SDK's defaults are milliseconds)."""
         instrument = self.meter.create_histogram(
-            name, unit=unit, description=desc, explicit_bucket_boundaries_advisory=list(bounds)
+            spec.name,
+            unit=spec.unit,
+            description=_help(spec),
+            explicit_bucket_boundaries_advisory=list(bounds),
         )
-        self._keep(name, instrument)
-        return instrument
+        return self._keep(spec.name, instrument)
+
+
+def _help(spec: OTel) -> str:
+    for metric in CATALOGUE:
+        if spec in metric.otel:
+            return metric.help
+    return next(note for o, note in OTEL_ONLY if o == spec)
 
 
 class _Memo:
@@ -199,196 +225,73 @@ class _Memo:
         return self.value
 
 
-def _monitor_instruments(reg: _Registrar, m: MemoryMonitor) -> None:
-    out = reg.out
-    gauge, updown, counter, one = reg.gauge, reg.updown, reg.counter, _one
-    first = m.last_reading or m.sample()
-    prefix = "container.memory" if first.source.startswith("cgroup") else "system.memory"
+def _gc_values(timer: PauseTimer, gc_manager: GarbageCollectionManager | None) -> dict[str, Values]:
+    from ..gc_manager import GarbageCollectionManager  # noqa: PLC0415
 
+    snap = _Memo(timer.snapshot)
+    out: dict[str, Values] = {
+        "pathoai_gc_duration_seconds": lambda: [
+            ((g,), snap().count[g]) for g in range(GENERATIONS)
+        ],
+        "pathoai_gc_collected_objects_total": lambda: [
+            ((g,), n) for g, n in enumerate(snap().collected)
+        ],
+        "pathoai_gc_uncollectable_objects_total": lambda: [
+            ((g,), n) for g, n in enumerate(snap().uncollectable)
+        ],
+        "pathoai_gc_frozen_objects": GarbageCollectionManager.frozen_count,
+    }
+    if gc_manager is not None:
+        manager = gc_manager
+        out["pathoai_gc_manager_collections_total"] = lambda: _labelled(
+            manager.triggered, GC_REASONS
+        )
+    return out
+
+
+def _monitor_values(m: MemoryMonitor) -> dict[str, Values]:
     reading = _Memo(lambda: m.last_reading if m.running and m.last_reading else m.sample())
     totals = _Memo(lambda: m.emergency_totals)
-
-    if prefix == "container.memory":
-        updown(
-            "container.memory.usage",
-            "By",
-            "Working set of the container (usage minus inactive file cache).",
-            lambda _: one(reading().used_bytes),
-        )
-        updown(
-            "container.memory.available",
-            "By",
-            "Memory available before the limit.",
-            lambda _: one(reading().available_bytes),
-        )
-        updown(
-            "pathoai.memory.limit",
-            "By",
-            "The lowest cgroup limit up the tree.",
-            lambda _: one(reading().total_bytes),
-        )
-    else:
-        updown(
-            "system.memory.usage",
-            "By",
-            "Host memory by state (used, free).",
-            lambda _: _states(reading()),
-        )
-        updown(
-            "system.memory.limit", "By", "Total host memory.", lambda _: one(reading().total_bytes)
-        )
-    gauge(
-        f"{prefix}.utilization",
-        "1",
-        "Used over the limit, 0..1.",
-        lambda _: one(reading().used_ratio),
-    )
-    updown(
-        "process.memory.usage",
-        "By",
-        "Resident memory of this process.",
-        lambda _: one(reading().process_rss_bytes),
-    )
-    gauge(
-        "pathoai.memory.pressure.level",
-        "1",
-        "0 normal, 1 warning, 2 critical, 3 emergency.",
-        lambda _: one(int(m.level)),
-    )
-
-    def stall(_: CallbackOptions) -> Iterable[Observation]:
-        p = m.pressure
-        if p is None:
-            return []
-        return [
-            Observation(p.some_avg10, {"pathoai.psi.kind": "some"}),
-            Observation(p.full_avg10, {"pathoai.psi.kind": "full"}),
-        ]
-
-    gauge("pathoai.memory.pressure.stall", "1", "PSI memory avg10, 0..1.", stall)
     t = m.thresholds
-    gauge(
-        "pathoai.memory.warning_threshold",
-        "1",
-        "Warning used ratio.",
-        lambda _: one(t.warning_ratio),
-    )
-    gauge(
-        "pathoai.memory.critical_threshold",
-        "1",
-        "Critical used ratio.",
-        lambda _: one(t.critical_ratio),
-    )
-    gauge(
-        "pathoai.memory.emergency_threshold",
-        "By",
-        "Emergency floor of available memory.",
-        lambda _: one(t.floor_bytes),
-    )
-    updown(
-        "pathoai.memory.reserved",
-        "By",
-        "Memory reserved by requests in flight.",
-        lambda _: one(m.reserved_bytes),
-    )
-    counter(
-        "pathoai.requests.rejected",
-        "{request}",
-        "Requests refused by admission control.",
-        lambda _: one(m.requests_rejected_total),
-    )
-    durations = reg.histogram(
-        "pathoai.emergency.cleanup.duration",
-        "s",
-        "Duration of each emergency cleanup run.",
-        DURATION_BUCKETS,
-    )
-    out._runs_since = m.emergency_runs_since(0)[1]
 
-    def cleanups(_: CallbackOptions) -> Iterable[Observation]:
-        with out._drain_lock:
-            runs, out._runs_since = m.emergency_runs_since(out._runs_since)
-        for run in runs:
-            durations.record(run.duration_s)
-        return one(totals().runs)
+    def stall() -> list[tuple[tuple[str], float]]:
+        p = m.pressure
+        return [] if p is None else [(("some",), p.some_avg10), (("full",), p.full_avg10)]
 
-    counter("pathoai.emergency.cleanups", "{run}", "Emergency cleanup runs.", cleanups)
-    counter(
-        "pathoai.emergency.freed",
-        "By",
-        "Available memory won back by emergency runs.",
-        lambda _: one(totals().freed_bytes),
-    )
-
-    def failures(_: CallbackOptions) -> Iterable[Observation]:
-        counted = totals().callback_failures
-        return _labelled(counted, m.cleanup_callback_names, "pathoai.cleanup_callback.name")
-
-    counter(
-        "pathoai.cleanup_callback.failures",
-        "{failure}",
-        "Emergency cleanup callbacks that raised, by callback.",
-        failures,
-    )
-    gauge(
-        "pathoai.monitor.last_sample_time",
-        "s",
-        "Unix time of the last good reading.",
-        lambda _: one(m.last_sample_timestamp),
-    )
-    counter(
-        "pathoai.monitor.errors",
-        "{error}",
-        "Errors the monitor survived, by where.",
-        lambda _: _labelled(m.errors_total, ERROR_PLACES, "pathoai.monitor.error.where"),
-    )
+    return {
+        "pathoai_memory_limit_bytes": lambda: reading().total_bytes,
+        "pathoai_memory_used_bytes": lambda: reading().used_bytes,
+        "pathoai_memory_available_bytes": lambda: reading().available_bytes,
+        "pathoai_memory_used_ratio": lambda: reading().used_ratio,
+        "process.memory.usage": lambda: reading().process_rss_bytes,
+        "pathoai_memory_pressure_level": lambda: int(m.level),
+        "pathoai_memory_pressure_stall_ratio": stall,
+        "pathoai_memory_warning_threshold_ratio": lambda: t.warning_ratio,
+        "pathoai_memory_critical_threshold_ratio": lambda: t.critical_ratio,
+        "pathoai_memory_emergency_threshold_bytes": lambda: t.floor_bytes,
+        "pathoai_memory_reserved_bytes": lambda: m.reserved_bytes,
+        "pathoai_requests_rejected_total": lambda: m.requests_rejected_total,
+        "pathoai_emergency_cleanups_total": lambda: totals().runs,
+        "pathoai_emergency_cleanup_freed_bytes_total": lambda: totals().freed_bytes,
+        "pathoai_cleanup_callback_failures_total": lambda: _labelled(
+            totals().callback_failures, m.cleanup_callback_names
+        ),
+        "pathoai_monitor_last_sample_timestamp_seconds": lambda: m.last_sample_timestamp,
+        "pathoai_monitor_errors_total": lambda: _labelled(m.errors_total, ERROR_PLACES),
+    }
 
 
-def _session_instruments(reg: _Registrar, s: SessionManager) -> None:
-    gauge, updown, counter, one = reg.gauge, reg.updown, reg.counter, _one
+def _session_values(s: SessionManager) -> dict[str, Values]:
     agg = _Memo(s.aggregates)
-    updown(
-        "pathoai.session.active",
-        "{session}",
-        "Live sessions.",
-        lambda _: one(agg().active),
-    )
-    counter(
-        "pathoai.session.created",
-        "{session}",
-        "Sessions created.",
-        lambda _: one(agg().created_total),
-    )
-    counter(
-        "pathoai.session.removed",
-        "{session}",
-        "Sessions removed, by reason.",
-        lambda _: _labelled(agg().removed_total, REMOVAL_REASONS, "pathoai.session.removal_reason"),
-    )
-    updown(
-        "pathoai.session.memory",
-        "By",
-        "Accounted host memory of all live sessions.",
-        lambda _: one(agg().total_bytes),
-    )
-    gauge(
-        "pathoai.session.memory.max",
-        "By",
-        "Accounted memory of the largest session.",
-        lambda _: one(agg().largest_bytes),
-    )
-    gauge(
-        "pathoai.session.memory.limit",
-        "By",
-        "Per-session memory limit.",
-        lambda _: one(s.max_memory_bytes),
-    )
-    gauge(
-        "pathoai.session.top.memory",
-        "By",
-        "Accounted memory of the largest sessions, by fingerprint (never the id).",
-        lambda _: [Observation(n, {"pathoai.session.fingerprint": fp}) for fp, n in agg().top],
-    )
+    return {
+        "pathoai_sessions_active": lambda: agg().active,
+        "pathoai_sessions_created_total": lambda: agg().created_total,
+        "pathoai_sessions_removed_total": lambda: _labelled(agg().removed_total, REMOVAL_REASONS),
+        "pathoai_session_memory_bytes": lambda: agg().total_bytes,
+        "pathoai_session_memory_max_bytes": lambda: agg().largest_bytes,
+        "pathoai_session_memory_limit_bytes": lambda: s.max_memory_bytes,
+        "pathoai_session_top_memory_bytes": lambda: [((fp,), n) for fp, n in agg().top],
+    }
 
 
 def setup_otlp(readers: Sequence[Any] = ()) -> MeterProvider:

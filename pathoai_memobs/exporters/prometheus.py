@@ -38,7 +38,7 @@ from ..emergency import DURATION_BUCKETS
 from ..gc_pauses import GC_PAUSES, GENERATIONS, PAUSE_BUCKETS, PauseTimer
 from ..logging import MONITOR_ERROR, emit
 from ..session_manager import SIZE_BUCKETS
-from .catalogue import BY_NAME, family_name
+from .catalogue import BY_NAME, ERROR_PLACES, GC_REASONS, REMOVAL_REASONS, family_name
 
 if TYPE_CHECKING:
     from ..gc_manager import GarbageCollectionManager
@@ -46,9 +46,6 @@ if TYPE_CHECKING:
     from ..session_manager import SessionManager
 
 DEFAULT_PORT = 9464
-GC_REASONS = ("manual", "proactive", "emergency")
-REMOVAL_REASONS = ("timeout", "explicit", "emergency")
-ERROR_PLACES = ("sample", "action", "wakeups", "emergency_step", "scrape")
 
 
 def _gauge(name: str, value: float | None = None) -> GaugeMetricFamily:
