@@ -114,7 +114,7 @@ static int take(const files_t *f, sample_t *s) {
         if (n < 0) return -1;
         if (n == 0 || buf[0] == 'm' || buf[0] <= ' ') continue; /* parse_limit: "max" or blank */
         int64_t v;
-        if (!parse_int(buf, buf + n, &v)) {
+        if (!parse_int(buf, buf + n, &v) || v < 0) { /* parse_limit refuses negatives too */
             errno = EINVAL;
             return -1;
         }

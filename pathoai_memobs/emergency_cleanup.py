@@ -28,6 +28,7 @@ from .emergency import (
 )
 from .logging import EMERGENCY_CLEANUP, WARNING, emit
 from .reading import Reading
+from .units import non_negative, positive
 
 if TYPE_CHECKING:
     from .gc_manager import GarbageCollectionManager
@@ -61,8 +62,8 @@ class EmergencyCleanup:
         self._sessions = sessions
         self._gc_manager = gc_manager
         self._count_error = count_error
-        self.cooldown_s = cooldown_s
-        self.callback_budget_s = callback_budget_s
+        self.cooldown_s = non_negative("emergency_cooldown_s", cooldown_s, maximum=86400)
+        self.callback_budget_s = positive("callback_budget_s", callback_budget_s, maximum=3600)
         self._clock = clock
         self._lock = threading.Lock()  # registry, totals, run log, worker and cooldown
         self._run_lock = threading.Lock()  # held for a whole run: never two at once

@@ -1,9 +1,9 @@
 """MemoryMonitor: the reference's monitor, a facade over the parts that do its four jobs.
 
-- readings and the level: here (``sample``, ``level``, ``last_reading``), with the ladder's
-  decisions in ``pressure``;
+- readings and the level: here, with the ladder's decisions in ``pressure``;
 - admission: ``admission.Admission`` (reserved bytes, refusals, the retry hint);
-- the background sampling loop: ``sampling_loop.SamplingLoop``;
+- the background sampling loop: ``sampling_loop.SamplingLoop``, which after each reading
+  has ``level_actions.LevelActions`` act on the level;
 - emergency cleanup: ``emergency_cleanup.EmergencyCleanup``.
 
 A refused request starts an emergency cleanup in the background only while the level is
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -23,39 +22,32 @@ from .admission import Admission
 from .config import MemoryConfig
 from .emergency import EmergencyRun, EmergencyTotals
 from .emergency_cleanup import EmergencyCleanup
-from .logging import ERROR, INFO, LEVEL_CHANGED, MONITOR_ERROR, PROACTIVE_GC, WARNING, emit
-from .pressure import Level, Thresholds, actions, classify, headroom_bytes
-from .readers.psi import Pressure, PsiReader, psi_path
+from .errors import ErrorCounts
+from .level_actions import LevelActions, log_level_change
+from .pressure import Level, Thresholds, classify, headroom_bytes
+from .readers.psi import CachedPsi, Pressure
 from .readers.select import open_sampler
 from .reading import MemoryMetrics, Reading
-from .sampling_loop import THREAD_NAME, Sampler, SamplingLoop
-from .units import non_negative, positive, to_bytes_mb
+from .sampling_loop import Sampler, SamplingLoop
+from .units import to_bytes_mb
 
 if TYPE_CHECKING:
     from .exceptions import InsufficientMemoryError
     from .gc_manager import GarbageCollectionManager
-    from .rest import NativeRest
     from .session_manager import SessionManager
 
-__all__ = ["THREAD_NAME", "MemoryMonitor", "Sampler"]
-
-#: How long the monitor reuses cgroup limits before reading them again.
-LIMIT_TTL_S = 1.0
-#: PSI is read when asked (by an exporter, the status screen), at most this often.
-PSI_TTL_S = 1.0
+#: How long cgroup limits are reused before a full step reads them again; how often PSI
+#: is read at most (when an exporter or the status screen asks).
+LIMIT_TTL_S = PSI_TTL_S = 1.0
 
 
 class MemoryMonitor:
     """Reads memory as the OOM killer sees it, walks the pressure ladder, and decides whether
-    new work may start.
-
-    ``root`` points every reader at another filesystem tree (tests use fixture trees);
-    ``sampler`` replaces the readers altogether; ``source="psutil"`` reads through psutil
-    (for machines without /proc and cgroups; "auto" picks it only there). ``sessions`` and
-    ``gc_manager`` give the emergency cleanup its built-in steps. The background thread
-    starts on its own when the config's ``enable_background_monitoring`` is true, else with
-    ``start()`` or ``with``. At rest it waits in the compiled loop of ``rest.py`` where that
-    is built (``native=False`` keeps it in Python).
+    new work may start. ``root`` points the readers at another tree (fixture trees);
+    ``sampler`` replaces them; ``source="psutil"`` reads through psutil (machines without
+    /proc; "auto" picks it only there). ``sessions`` and ``gc_manager`` give emergency
+    cleanup its built-in steps. The thread starts with ``start()``, ``with``, or on its own
+    when the config enables background monitoring; ``native=False`` keeps its rest in Python.
     """
 
     def __init__(
@@ -76,34 +68,29 @@ class MemoryMonitor:
     ) -> None:
         if config is not None and not isinstance(config, MemoryConfig):
             raise TypeError(f"config must be a MemoryConfig, got {type(config).__name__}")
-        self.config = config if config is not None else MemoryConfig()
-        cooldown = non_negative("emergency_cooldown_s", emergency_cooldown_s, maximum=86400)
-        budget = positive("callback_budget_s", callback_budget_s, maximum=3600)
-        self.proactive_gc_interval_s = non_negative(
-            "proactive_gc_interval_s", proactive_gc_interval_s, maximum=86400
-        )
-        self.thresholds = Thresholds.from_config(self.config)
-        self._sampler: Sampler = (
-            sampler if sampler is not None else open_sampler(source, root, LIMIT_TTL_S)
-        )
+        self.config = config = config if config is not None else MemoryConfig()
+        self.thresholds = Thresholds.from_config(config)
+        self._sampler = sampler if sampler is not None else open_sampler(source, root, LIMIT_TTL_S)
         self.sessions = sessions
-        self._gc_manager = gc_manager
-        self._clock = clock
-        self._lock = threading.Lock()  # readings, level, reservations, error counts
+        self._lock = threading.Lock()  # readings, level, reservations
         self._last: Reading | None = None
-        self._level = Level.NORMAL
-        self._last_good_wall = 0.0
-        self._samples = 0
-        self._errors: Counter[str] = Counter()
-        self._next_proactive = 0.0
-        self._pressure: Pressure | None = None
-        self._psi: PsiReader | None = None
-        self._psi_next = 0.0
-        cgroup = getattr(self._sampler, "cgroup", None)
-        if sampler is None and hasattr(self._sampler, "descriptors"):
-            self._psi = PsiReader(psi_path(root, cgroup.location if cgroup else None))
-        interval = self.config.monitoring_interval_sec
+        self._level, self._last_good_wall, self._samples = Level.NORMAL, 0.0, 0
+        self._errors = ErrorCounts()
+        self._psi = CachedPsi.for_sampler(self._sampler, root, PSI_TTL_S, clock)
+        interval = config.monitoring_interval_sec
         self._admission = Admission(self.thresholds.floor_bytes, interval, self._lock, clock)
+        self._cleanup = EmergencyCleanup(
+            sample=self.sample,
+            target_bytes=self.thresholds.restored_bytes,
+            sessions=lambda: self.sessions,
+            gc_manager=lambda: self._actions.gc_manager,
+            count_error=self._errors.count,
+            cooldown_s=emergency_cooldown_s,
+            callback_budget_s=callback_budget_s,
+            clock=clock,
+        )
+        gc_every = proactive_gc_interval_s
+        self._actions = LevelActions(config, gc_manager, gc_every, self._cleanup.start, clock)
         self._loop = SamplingLoop(
             self._sampler,
             root=root,
@@ -111,22 +98,12 @@ class MemoryMonitor:
             thresholds=self.thresholds,
             step=self._step,
             level=lambda: self._level,
-            count_error=self._count_error,
+            count_error=self._errors.count,
             wakeups=wakeups,
             native=native,
             clock=clock,
         )
-        self._cleanup = EmergencyCleanup(
-            sample=self.sample,
-            target_bytes=self.thresholds.restored_bytes,
-            sessions=lambda: self.sessions,
-            gc_manager=lambda: self._gc_manager,
-            count_error=self._count_error,
-            cooldown_s=cooldown,
-            callback_budget_s=budget,
-            clock=clock,
-        )
-        if self.config.enable_background_monitoring:
+        if config.enable_background_monitoring:
             self.start()
 
     # -- readings and the level -------------------------------------------------------------
@@ -138,38 +115,37 @@ class MemoryMonitor:
         return reading
 
     def _observe(self, reading: Reading, required: int = 0, hold: bool = False) -> tuple[bool, int]:
-        """Record ``reading`` and move the level; then, under the same lock, admit
-        ``required`` bytes (holding them when ``hold``): (admitted, bytes reserved before)."""
+        """Record ``reading``, move the level, and under the same lock admit ``required``
+        bytes (held when ``hold``): (admitted, bytes reserved before)."""
         with self._lock:
             previous = self._level
             level = classify(reading.used_ratio, reading.available_bytes, self.thresholds, previous)
-            self._level = level
-            self._last = reading
-            self._last_good_wall = reading.timestamp
+            self._level, self._last, self._last_good_wall = level, reading, reading.timestamp
             self._samples += 1
             admitted, reserved = self._admission.admit_locked(
                 level, reading.available_bytes, required, hold=hold
             )
         if level is not previous:
-            emit(
-                WARNING if level > previous else INFO,
-                LEVEL_CHANGED,
-                pressure_level=level.name,
-                previous_level=previous.name,
-                used_ratio=round(reading.used_ratio, 4),
-                available_bytes=reading.available_bytes,
-                total_bytes=reading.total_bytes,
-                source=reading.source,
-            )
+            log_level_change(previous, level, reading)
         return admitted, reserved
+
+    def _step(self, reading: Reading) -> int:
+        """The loop's step: observe, act on the level; the headroom to the nearest rung."""
+        self._observe(reading)
+        try:
+            self._actions.act(self._level)
+        except Exception as exc:
+            self._errors.count("action", exc)
+        t = self.thresholds
+        return headroom_bytes(reading.total_bytes, reading.used_bytes, reading.available_bytes, t)
 
     @property
     def last_reading(self) -> Reading | None:
         """The latest reading taken, without taking a new one (None before the first)."""
         last, rest = self._last, self._loop.latest()
-        if rest is not None and (last is None or rest.monotonic > last.monotonic):
-            return rest
-        return last
+        return (
+            rest if rest is not None and (last is None or rest.monotonic > last.monotonic) else last
+        )
 
     def get_current_metrics(self) -> MemoryMetrics:
         """A fresh reading in the reference's units (MiB, percent)."""
@@ -182,50 +158,24 @@ class MemoryMonitor:
 
     @property
     def pressure(self) -> Pressure | None:
-        """PSI some/full avg10 (ratios); None where unreadable. Read when asked, at most once
-        per ``PSI_TTL_S``: only exporters and people look at it."""
-        psi = self._psi
-        now = self._clock()
-        if psi is not None and now >= self._psi_next:
-            self._psi_next = now + PSI_TTL_S
-            try:
-                self._pressure = psi.read()
-            except (OSError, ValueError):
-                self._pressure = None  # PSI absent or disabled (psi=0): not an error
-                self._psi = None
-                psi.close()
-        return self._pressure
+        """PSI some/full avg10 as ratios, read at most once a second; None where unreadable."""
+        return self._psi.read()
 
     @property
     def last_sample_timestamp(self) -> float:
-        """Wall-clock time of the last good reading (0 before the first): a dead or stuck
-        monitor shows here as an old timestamp."""
+        """Wall-clock time of the last good reading (0 before the first); old when stuck."""
         wall, rest = self._last_good_wall, self._loop.latest()
         return rest.timestamp if rest is not None and rest.timestamp > wall else wall
 
     @property
     def samples_total(self) -> int:
-        """Readings taken: by ``sample()``, the background thread's full steps, and its
-        cheap at-rest looks."""
+        """Readings taken by ``sample()``, the loop's full steps and its at-rest looks."""
         return self._samples + self._loop.rest_samples_total
-
-    @property
-    def _rest_samples_total(self) -> int:
-        return self._loop.rest_samples_total
-
-    @property
-    def _native(self) -> NativeRest | None:
-        return self._loop.native
 
     @property
     def errors_total(self) -> dict[str, int]:
         """Errors the monitor survived, by where they happened (sample, action, ...)."""
-        return dict(self._errors)
-
-    def _count_error(self, where: str, exc: BaseException) -> None:
-        with self._lock:
-            self._errors[where] += 1
-        emit(ERROR, MONITOR_ERROR, where=where, error=type(exc).__name__, exc_info=exc)
+        return self._errors.totals()
 
     # -- admission --------------------------------------------------------------------------
 
@@ -244,45 +194,36 @@ class MemoryMonitor:
         return self._admission.rejected_total
 
     def check_memory_available(self, required_mb: float) -> bool:
-        """True when ``required_mb`` MiB fit above the emergency floor.
-
-        When they don't, or while the level is EMERGENCY: raises ``InsufficientMemoryError``
-        (with a retry-after hint) if request rejection is enabled (the default), else
-        returns False. Bad input raises ValueError.
-        """
-        required = to_bytes_mb(required_mb)
-        reading = self._sampler.sample()
-        admitted, reserved = self._observe(reading, required)
-        if admitted:
-            return True
-        error = self._refuse(required, reading, reserved)
-        if self.config.enable_request_rejection:
+        """True when ``required_mb`` MiB fit above the emergency floor. Otherwise, or while
+        EMERGENCY: ``InsufficientMemoryError`` (with a retry hint) when request rejection is
+        enabled (the default), else False. Bad input raises ValueError."""
+        error = self._admit(to_bytes_mb(required_mb), hold=False)
+        if error is not None and self.config.enable_request_rejection:
             raise error
-        return False
+        return error is None
 
     @contextmanager
     def reserve(self, required_mb: float) -> Iterator[None]:
-        """Admit ``required_mb`` MiB and hold them until the block ends.
-
-        Two concurrent requests that each fit alone are not both admitted when together
-        they don't. Refusal follows ``check_memory_available``: with request rejection
-        disabled, a refused reservation still raises, since the block cannot be skipped.
-        """
+        """Admit ``required_mb`` MiB and hold them until the block ends: two requests that
+        each fit alone are not both admitted when together they don't. A refusal always
+        raises ``InsufficientMemoryError`` (a block cannot be skipped)."""
         required = to_bytes_mb(required_mb)
-        reading = self._sampler.sample()
-        admitted, reserved = self._observe(reading, required, hold=True)
-        if not admitted:
-            raise self._refuse(required, reading, reserved)
+        error = self._admit(required, hold=True)
+        if error is not None:
+            raise error
         try:
             yield
         finally:
             self._admission.release(required)
 
-    def _refuse(self, required: int, reading: Reading, reserved: int) -> InsufficientMemoryError:
-        level = self._level
-        error = self._admission.refuse(
-            required, reading, reserved, level, self._cleanup.cooldown_left_s()
-        )
+    def _admit(self, required: int, *, hold: bool) -> InsufficientMemoryError | None:
+        """Admit against a fresh reading; the refusal (counted and logged) where it fails."""
+        reading = self._sampler.sample()
+        admitted, reserved = self._observe(reading, required, hold)
+        if admitted:
+            return None
+        level, wait = self._level, self._cleanup.cooldown_left_s()
+        error = self._admission.refuse(required, reading, reserved, level, wait)
         if level is Level.EMERGENCY:
             self._cleanup.start("rejection")
         return error
@@ -309,14 +250,12 @@ class MemoryMonitor:
         self.stop()
 
     def tick(self) -> float:
-        """One step of the background loop: sample, act on the level, and return how long
-        to sleep before the next (shorter the closer memory is to a rung)."""
+        """One step of the loop in this thread; how long to sleep before the next."""
         return self._loop.tick()
 
     @property
     def thread_cpu_seconds(self) -> float:
-        """CPU time the background thread has used since it started (read from its CPU
-        clock by the caller, so measuring costs the thread nothing)."""
+        """CPU time the background thread has used (read from its CPU clock)."""
         return self._loop.thread_cpu_seconds
 
     @property
@@ -329,54 +268,13 @@ class MemoryMonitor:
         """Early wake-ups of the background thread, by source."""
         return self._loop.wakeups_total
 
-    def _step(self, reading: Reading) -> int:
-        """Observe ``reading`` and act on its level; the headroom to the nearest rung."""
-        self._observe(reading)
-        try:
-            self._act(self._level)
-        except Exception as exc:
-            self._count_error("action", exc)
-        t = self.thresholds
-        return headroom_bytes(reading.total_bytes, reading.used_bytes, reading.available_bytes, t)
-
-    def _act(self, level: Level) -> None:
-        todo = actions(
-            level,
-            self._clock(),
-            self._next_proactive,
-            proactive_gc=self.config.enable_proactive_gc,
-            gc_interval_s=self.proactive_gc_interval_s,
-        )
-        self._next_proactive = todo.next_proactive
-        if todo.collect:
-            stats = self._gc().proactive_collect("proactive")
-            emit(
-                INFO,
-                PROACTIVE_GC,
-                pressure_level=level.name,
-                skipped=bool(stats.get("skipped")),
-                collected=stats["collected"],
-                duration_s=round(stats["duration_ms"] / 1000, 6),
-            )
-        if todo.emergency:
-            self._cleanup.start("level")
-
-    def _gc(self) -> GarbageCollectionManager:
-        if self._gc_manager is None:
-            from .gc_manager import GarbageCollectionManager  # noqa: PLC0415
-
-            self._gc_manager = GarbageCollectionManager.from_config(self.config)
-        return self._gc_manager
-
     # -- emergency cleanup ------------------------------------------------------------------
 
     def register_cleanup_callback(
         self, fn: Callable[[], object], *, name: str, priority: int = 100
     ) -> None:
-        """Add an emergency cleanup step; lower ``priority`` runs first (ties: registration
-        order). User callbacks run before the built-in steps, each in its own thread within
-        ``callback_budget_s``. ``name`` labels its metrics and logs: keep it short and fixed.
-        """
+        """Add an emergency cleanup step, run before the built-in ones in its own thread within
+        ``callback_budget_s``; lower ``priority`` first. ``name`` labels metrics and logs."""
         self._cleanup.register(fn, name=name, priority=priority)
 
     def unregister_cleanup_callback(self, name: str) -> bool:
@@ -393,25 +291,10 @@ class MemoryMonitor:
         return self._cleanup.totals
 
     def emergency_runs_since(self, since: int) -> tuple[list[EmergencyRun], int]:
-        """Runs recorded after the first ``since`` and the new ``since``: exporters that
-        record each run (OpenTelemetry histograms) drain them."""
+        """Runs after the first ``since``, and the new ``since`` (for exporters)."""
         return self._cleanup.runs_since(since)
 
     def run_emergency_cleanup(self, reason: str = "manual") -> EmergencyRun | None:
-        """Run one emergency cleanup now, in this thread; None if one is already running.
-
-        Steps run one at a time with a fresh reading after each, and the run stops as soon
-        as available memory is back above the floor plus its margin.
-        """
+        """One emergency cleanup now, in this thread (None if one is running): a step at a
+        time, re-measured after each, until available memory is above the floor's margin."""
         return self._cleanup.run(reason)
-
-    def _start_emergency(self, reason: str) -> None:
-        self._cleanup.start(reason)
-
-    @property
-    def emergency_cooldown_s(self) -> float:
-        return self._cleanup.cooldown_s
-
-    @property
-    def callback_budget_s(self) -> float:
-        return self._cleanup.callback_budget_s

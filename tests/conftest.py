@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from pathoai_memobs import MemoryConfig, MemoryMonitor
 from pathoai_memobs.tools.cgroup_sandbox import (
     CgroupUnavailableError,
     MemoryCgroup,
@@ -32,3 +33,16 @@ def make_cgroup() -> Iterator[Callable[[int], MemoryCgroup]]:
     yield make
     for group in made:
         group.remove()
+
+
+@pytest.fixture
+def fast() -> MemoryConfig:
+    return MemoryConfig(monitoring_interval_sec=0.02)
+
+
+@pytest.fixture
+def monitors() -> Iterator[list[MemoryMonitor]]:
+    made: list[MemoryMonitor] = []
+    yield made
+    for m in made:
+        m.stop()

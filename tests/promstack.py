@@ -93,7 +93,7 @@ class Prometheus:
 def check_stack_command(command: list[str], cwd: str | None = None) -> None:
     """Run ``<command> stack`` for a few seconds and check what it promises: Prometheus with
     the shipped rules and Alertmanager on loopback, both gone after it stops (SIGTERM)."""
-    import subprocess  # noqa: PLC0415
+    import subprocess
 
     binary("prometheus")
     binary("prometheus-alertmanager", "alertmanager")

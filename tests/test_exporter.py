@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pathoai_memobs import GarbageCollectionManager, MemoryConfig, MemoryMonitor, SessionManager
-from pathoai_memobs.exporters.catalogue import BY_NAME, CATALOGUE
+from pathoai_memobs.exporters.catalogue import CATALOGUE
 from pathoai_memobs.exporters.prometheus import MetricsServer, instrument, start_http_server
 from pathoai_memobs.reading import Reading, combine
 

@@ -25,10 +25,10 @@ from pathoai_memobs import (
     MemoryConfig,
     MemoryMonitor,
     SessionManager,
-    stack,
 )
 from pathoai_memobs.exceptions import InsufficientMemoryError, SessionNotFoundError
 from pathoai_memobs.exporters.prometheus import instrument, start_http_server
+from pathoai_memobs.tools import stack
 from pathoai_memobs.tools.cgroup_sandbox import MemoryCgroup
 
 from .promstack import Prometheus, binary, free_port, wait_http

@@ -195,3 +195,22 @@ def test_rest_pace_steps_down_near_a_rung() -> None:
     assert rest_pace(one_and_a_half // 2, 1.0) == pytest.approx(0.64)  # wants 0.73 s
     assert rest_pace(0, 1.0) is None  # at a rung: the fastest pace, no rest
     assert rest_pace(0, 0.1) == 0.1  # at 10 Hz the fastest pace is the interval itself
+
+
+def test_a_level_becomes_actions_in_one_place() -> None:
+    from pathoai_memobs.pressure import actions
+
+    kw = {"proactive_gc": True, "gc_interval_s": 10.0}
+    assert actions(Level.WARNING, 100.0, 105.0, **kw) == (False, 0.0, False)  # reset
+    assert actions(Level.CRITICAL, 100.0, 0.0, **kw) == (True, 110.0, False)
+    assert actions(Level.CRITICAL, 105.0, 110.0, **kw) == (False, 110.0, False)  # throttled
+    assert actions(Level.EMERGENCY, 110.0, 110.0, **kw) == (True, 120.0, True)
+    off = {"proactive_gc": False, "gc_interval_s": 10.0}
+    assert actions(Level.EMERGENCY, 110.0, 0.0, **off) == (False, 0.0, True)
+
+
+def test_admits_keeps_what_is_reserved_and_the_floor_apart() -> None:
+    from pathoai_memobs.pressure import admits
+
+    assert admits(1000, 200, 300, 500)
+    assert not admits(1000, 201, 300, 500)

@@ -223,3 +223,31 @@ def test_combine_rule(
     r = combine(host_total, host_avail, "cgroup_v2", limit, working_set, 7, 1.0, 2.0)
     assert (r.source, r.total_bytes, r.used_bytes, r.available_bytes) == expected
     assert r.process_rss_bytes == 7
+
+
+def test_the_psutil_reader_gives_the_same_reading_where_proc_is_missing() -> None:
+    """psutil is the reader for machines without /proc and cgroups; forced here on Linux."""
+    from pathoai_memobs import MemoryConfig, MemoryMonitor
+    from pathoai_memobs.readers.system import MemorySampler
+
+    m = MemoryMonitor(MemoryConfig(), source="psutil")
+    r = m.sample()
+    host = MemorySampler(cgroup=False).sample()
+    assert r.source == "psutil" and r.cgroup_limit_bytes is None
+    assert r.total_bytes == host.total_bytes  # both read MemTotal
+    assert abs(r.available_bytes - host.available_bytes) < 256 * MIB
+    assert r.used_bytes + r.available_bytes == r.total_bytes
+    assert 0 < r.process_rss_bytes < r.total_bytes
+    assert m.get_current_metrics().source == "psutil"
+    with pytest.raises(ValueError, match="source"):
+        MemoryMonitor(MemoryConfig(), source="proc")
+
+
+def test_auto_reads_procfs_under_any_root_but_a_real_one_without_proc(tmp_path: Path) -> None:
+    from pathoai_memobs.readers.select import open_sampler
+    from pathoai_memobs.readers.system import MemorySampler
+
+    host_tree(tmp_path)
+    assert isinstance(open_sampler("auto", str(tmp_path), 0.0), MemorySampler)
+    with pytest.raises(OSError):  # a mistyped root is an error, not a silent psutil reading
+        open_sampler("auto", str(tmp_path / "missing"), 0.0)

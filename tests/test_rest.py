@@ -204,11 +204,11 @@ def test_at_rest_either_loop_looks_cheaply_and_leaves_on_the_first_bad_reading(
     m = MemoryMonitor(MemoryConfig(monitoring_interval_sec=0.02), root=str(tmp_path), native=native)
     m.start()
     try:
-        assert (m._native is not None) == (native and rest.available())
+        assert (m._loop.native is not None) == (native and rest.available())
         deadline = time.monotonic() + 5
-        while m._rest_samples_total < 20 and time.monotonic() < deadline:
+        while m._loop.rest_samples_total < 20 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert m._rest_samples_total >= 20  # the at-rest loop ran
+        assert m._loop.rest_samples_total >= 20  # the at-rest loop ran
         assert m.level is Level.NORMAL
         reading = m.last_reading
         assert reading is not None and reading.used_bytes == 512 * MIB
@@ -265,3 +265,77 @@ def test_the_reason_codes_are_the_extensions() -> None:
         _rest.ERROR,
         _rest.POLL,
     )
+
+
+# -- one read path: the compiled loop reads what rest_sample() reads, the same way ----------
+
+value_text = st.text(alphabet="0123456789 _+-\t\nkBmaxg", max_size=12)
+LIMIT = "sys/fs/cgroup/a/memory.max"
+STAT = "sys/fs/cgroup/a/memory.stat"
+
+
+@built
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(where=st.sampled_from(["current", "limit", "stat", "memtotal"]), text=value_text)
+def test_a_text_is_read_alike_or_refused_alike(where: str, text: str) -> None:
+    """Every file the rest loops read, holding any text: the compiled loop publishes the
+    numbers rest_sample() returns, or refuses it (ERROR) where Python raises."""
+    with tempfile.TemporaryDirectory() as d:
+        root = small_v2(Path(d))
+        if where == "current":
+            (root / CURRENT).write_text(text)
+        elif where == "limit":
+            (root / LIMIT).write_text(text)
+        elif where == "stat":
+            (root / STAT).write_text(f"anon 1\ninactive_file {text}\nslab 2\n")
+        else:  # a line keeps its newline where the kernel puts it
+            line = text.replace("\n", " ")
+            meminfo = (root / "proc/meminfo").read_text().splitlines(keepends=True)
+            (root / "proc/meminfo").write_text(f"MemTotal: {line} kB\n" + "".join(meminfo[1:]))
+        sampler = MemorySampler(str(root))
+        try:
+            try:
+                expected = sampler.rest_sample()
+            except (ValueError, KeyError):
+                expected = None
+            native = NativeRest(sampler)
+            reason, taken, _ = native.watch((), 0, 1, RestBand(-1, 0, 1 << 62))  # always left
+            if expected is None:
+                assert (reason, taken) == (ERROR, 0), f"C read {text!r} in {where}; Python refused"
+            else:
+                assert (reason, taken) == (LEFT, 1), f"C refused {text!r} in {where}"
+                same_numbers(native.latest(), expected)
+        finally:
+            sampler.close()
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["compiled", "python"])
+def test_both_rest_loops_read_limits_every_sample_and_never_the_rss(
+    tmp_path: Path, native: bool
+) -> None:
+    """At rest neither loop reads statm (garbage there goes unnoticed) and both see a new
+    limit on their next sample (no TTL at rest)."""
+    if native and not rest.available():
+        pytest.skip("the _rest extension is not built in this installation")
+    small_v2(tmp_path)
+    m = MemoryMonitor(MemoryConfig(monitoring_interval_sec=0.02), root=str(tmp_path), native=native)
+    m.start()
+    try:
+        deadline = time.monotonic() + 5
+        while m._loop.rest_samples_total < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (tmp_path / "proc/self/statm").write_text("garbage\n")
+        before = m._loop.rest_samples_total
+        while m._loop.rest_samples_total < before + 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert m._loop.rest_samples_total >= before + 10  # resting on, statm unread
+        assert m.errors_total.get("sample", 0) == 0
+        (tmp_path / "proc/self/statm").write_text("1 2 3 4 5 6 7\n")  # the full step reads it
+        (tmp_path / LIMIT).write_text(str(600 * MIB))  # 512 MiB used of 600: 88 MiB left
+        started = time.monotonic()
+        while m.level is not Level.EMERGENCY and time.monotonic() - started < 2:
+            time.sleep(0.005)
+        assert m.level is Level.EMERGENCY
+        assert time.monotonic() - started < 1.0
+    finally:
+        m.stop()

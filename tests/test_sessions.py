@@ -343,3 +343,11 @@ def test_use_on_an_expired_session_removes_it_and_runs_its_hooks() -> None:
     with pytest.raises(SessionNotFoundError), m.use(sid):
         pass
     assert seen == ["timeout"] and len(m) == 0
+
+
+def test_a_session_id_never_shows_in_a_repr() -> None:
+    sessions = SessionManager()
+    sid = sessions.create_session()
+    view = sessions.get_session(sid)
+    assert view is not None and view.session_id == sid
+    assert sid not in repr(view) and view.fingerprint in repr(view)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -11,19 +12,27 @@ from pathlib import Path
 from .promstack import check_stack_command
 
 ROOT = Path(__file__).resolve().parent.parent
+#: What a checkout holds that no clean clone has.
+LOCAL = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis")
+LOCAL += ("*.so", "_assets")
 
 
 def _run(argv: list[str], cwd: Path, timeout: float = 600) -> str:
-    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return done.stdout
 
 
 def test_an_installed_wheel_writes_its_assets_and_runs_its_stack(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
-    # As a user would build it: pip's isolated build environment, from the source tree.
+    # As a user would build it: pip's isolated build environment, from a copy of the source
+    # tree (setuptools builds in place, and a stale build/ could hide a missing file).
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(*LOCAL))
     _run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(src)],
         tmp_path,
     )
     (wheel,) = dist.glob("pathoai_memobs-*.whl")

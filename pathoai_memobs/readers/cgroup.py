@@ -153,11 +153,13 @@ def parse_limit(data: bytes) -> int | None:
 
     The kernel writes no leading blanks, so the first byte tells "max" or blank from a
     number; the number is read as ``int()`` reads it (the compiled rest loop mirrors
-    both rules). Raises ValueError for anything else.
+    both rules). Raises ValueError for anything else, a negative number included.
     """
     if not data or data[0] <= _SPACE or data[0] == _M:
         return None
     value = int(data)
+    if value < 0:
+        raise ValueError(f"a negative memory limit: {data[:64]!r}")
     return None if value >= UNLIMITED_AT else value
 
 

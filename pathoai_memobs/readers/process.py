@@ -10,8 +10,12 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 def parse_statm_rss(data: bytes) -> int:
-    """Resident bytes from a ``statm`` text (second field, in pages)."""
-    return int(data.split(None, 2)[1]) * PAGE_SIZE
+    """Resident bytes from a ``statm`` text (second field, in pages); ValueError when the
+    text has no second field or it is not a number."""
+    fields = data.split(None, 2)
+    if len(fields) < 2:
+        raise ValueError(f"statm has no resident field: {data[:64]!r}")
+    return int(fields[1]) * PAGE_SIZE
 
 
 class ProcessReader:

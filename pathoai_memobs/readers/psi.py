@@ -7,6 +7,7 @@ a percentage over the last 10 s, returned here as a ratio in 0..1.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import NamedTuple
 
 from ._files import KeptOpenFile
@@ -54,3 +55,39 @@ class PsiReader:
 
     def close(self) -> None:
         self.file.close()
+
+
+class CachedPsi:
+    """PSI read when asked, at most once per ``ttl_s``: only exporters and people look at
+    it, so the monitor's thread never pays for it. Absent or disabled PSI (``psi=0``) reads
+    None from then on: not an error."""
+
+    def __init__(self, path: str | None, ttl_s: float, clock: Callable[[], float]) -> None:
+        self._reader = PsiReader(path) if path is not None else None
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._next = 0.0
+        self._value: Pressure | None = None
+
+    @classmethod
+    def for_sampler(
+        cls, sampler: object, root: str, ttl_s: float, clock: Callable[[], float]
+    ) -> CachedPsi:
+        """PSI for a procfs sampler (its cgroup's file, else the system's); none for psutil
+        or a synthetic sampler."""
+        if not hasattr(sampler, "descriptors"):
+            return cls(None, ttl_s, clock)
+        cgroup = getattr(sampler, "cgroup", None)
+        return cls(psi_path(root, cgroup.location if cgroup else None), ttl_s, clock)
+
+    def read(self) -> Pressure | None:
+        reader = self._reader
+        now = self._clock()
+        if reader is not None and now >= self._next:
+            self._next = now + self._ttl_s
+            try:
+                self._value = reader.read()
+            except (OSError, ValueError):
+                self._value, self._reader = None, None
+                reader.close()
+        return self._value
