@@ -1,1 +1,1 @@
-"""Benchmarks: every speed or memory target of an issue, measured against its baseline."""
+"""Benchmarks: every speed or memory target, measured side by side against its baseline."""

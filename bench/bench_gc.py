@@ -1,4 +1,4 @@
-"""GC issue: freezing long-lived objects, the pause timer's cost, and what each level costs."""
+"""Garbage collection: freezing long-lived objects, the pause timer's cost, and what each level costs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathoai_memobs.gc_pauses import PauseTimer
 
 from .harness import Row, progress
 
-TITLE = "Garbage collection: freeze, pause-timer cost, levels (GC issue)"
+TITLE = "Garbage collection: freeze, pause-timer cost, levels"
 
 
 class Obj:

@@ -9,7 +9,7 @@ import time
 
 from .harness import Row, progress
 
-TITLE = "import pathoai_memobs over a bare interpreter (foundation issue: <= 60 ms, <= 6 MiB)"
+TITLE = "import pathoai_memobs over a bare interpreter (targets: <= 60 ms, <= 6 MiB)"
 ROUNDS = 21
 
 

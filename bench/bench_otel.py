@@ -1,5 +1,5 @@
 """One OpenTelemetry collection of our instruments vs the contrib SystemMetricsInstrumentor
-(OpenTelemetry issue: at most 0.5 ms).
+(target: at most 0.5 ms per collect).
 
 Each side has its own MeterProvider with an InMemoryMetricReader; one collect is
 ``reader.get_metrics_data()``, which runs every observable callback and aggregates.

@@ -1,4 +1,4 @@
-"""One full memory sample against psutil, as in the foundation issue.
+"""One full memory sample against psutil (target: at least 5x faster).
 
 Ours: host meminfo + every cgroup limit up the tree (+ usage and memory.stat where a limit
 applies) + process RSS. Baseline: ``psutil.virtual_memory()`` + ``Process().memory_info()``
@@ -19,7 +19,7 @@ from pathoai_memobs.readers import MemorySampler
 
 from .harness import Row, interleaved, progress
 
-TITLE = "Full memory sample vs psutil (foundation issue: at least 5x faster)"
+TITLE = "Full memory sample vs psutil (target: at least 5x faster)"
 TARGET_RATIO = 5.0
 
 

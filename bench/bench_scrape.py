@@ -1,4 +1,4 @@
-"""Scrape cost with 0, 1,000 and 10,000 live sessions (Prometheus exporter issue).
+"""Scrape cost with 0, 1,000 and 10,000 live sessions (target: flat in the session count).
 
 Ours: ``generate_latest`` of a registry holding our collector over a monitor, a session
 manager and the GC state (sessions of varied sizes, top-K 10). Baseline: the obvious

@@ -1,4 +1,4 @@
-"""Sessions issue: accounting vs pympler and dask, bookkeeping per session, latency vs count."""
+"""Sessions: accounting vs pympler and dask, bookkeeping per session, latency vs count."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from pathoai_memobs.sizeof import measure, sizeof
 
 from .harness import Row, interleaved, progress
 
-TITLE = "Sessions: accounting accuracy and speed, bookkeeping, latency (sessions issue)"
+TITLE = "Sessions: accounting accuracy and speed, bookkeeping, latency"
 
 
 def _session_data() -> tuple[dict[str, Any], int]:
-    """The issue's session: a 4096x4096x3 image, 256 tile views, 10,000 small results."""
+    """A slide session: a 4096x4096x3 image, 256 tile views, 10,000 small results."""
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     image = np.random.default_rng(0).integers(0, 255, (4096, 4096, 3), dtype=np.uint8)
