@@ -1,4 +1,4 @@
-"""Garbage collection: freezing long-lived objects, the pause timer's cost, and what each level costs."""
+"""Garbage collection: freezing long-lived objects, the pause timer's cost, each level's cost."""
 
 from __future__ import annotations
 
