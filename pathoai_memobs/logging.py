@@ -40,7 +40,7 @@ REQUEST_REJECTED: Final = "request_rejected"
 SESSION_REMOVED: Final = "session_removed"
 SESSION_HOOK_FAILED: Final = "session_removal_hook_failed"
 MONITOR_ERROR: Final = "monitor_error"
-MONITOR_WAKEUPS: Final = "monitor_wakeups"
+EXPORTER_EXPOSED: Final = "exporter_exposed"
 
 Format = Literal["auto", "json", "console"]
 

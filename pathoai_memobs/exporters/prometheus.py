@@ -36,7 +36,7 @@ from prometheus_client.registry import Collector
 from .. import __version__
 from ..emergency import DURATION_BUCKETS
 from ..gc_pauses import GC_PAUSES, GENERATIONS, PAUSE_BUCKETS, PauseTimer
-from ..logging import MONITOR_ERROR, emit
+from ..logging import EXPORTER_EXPOSED, MONITOR_ERROR, emit
 from ..session_manager import SIZE_BUCKETS
 from .catalogue import BY_NAME, ERROR_PLACES, GC_REASONS, REMOVAL_REASONS, family_name
 
@@ -362,7 +362,7 @@ def start_http_server(
         server.socket = context.wrap_socket(server.socket, server_side=True)
         scheme = "https"
     if not _loopback(addr) and certfile is None and basic_auth is None:
-        emit(logging.WARNING, "exporter_exposed", addr=addr, port=port, tls=False, auth=False)
+        emit(logging.WARNING, EXPORTER_EXPOSED, addr=addr, port=port, tls=False, auth=False)
     thread = threading.Thread(target=server.serve_forever, name="pathoai-metrics", daemon=True)
     thread.start()
     return MetricsServer(server, thread, scheme)

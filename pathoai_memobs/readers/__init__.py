@@ -1,4 +1,5 @@
-"""Readers of /proc and /sys/fs/cgroup. All OS memory I/O of the library happens here."""
+"""Readers of /proc and /sys/fs/cgroup, each taking a root path; with _rest.c, which reads the
+same files, the only code of the library that reads them (tools/ writes cgroups apart)."""
 
 from .cgroup import CgroupLocation, CgroupMemory, CgroupReader, find_memory_cgroup
 from .host import HostMemory, HostReader
