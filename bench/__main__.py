@@ -12,6 +12,7 @@ SUITES = {
     "sample": "bench.bench_sample",
     "import": "bench.bench_import",
     "gc": "bench.bench_gc",
+    "gcthreads": "bench.bench_gc_threads",
     "sessions": "bench.bench_sessions",
     "monitor": "bench.bench_monitor",
     "scrape": "bench.bench_scrape",

@@ -312,6 +312,134 @@ static PyObject *snapshot(PyObject *self, PyObject *arg) {
                          (long long)copy[S_MONO_NS]);
 }
 
+
+/* ---- The GC pause timer: a C callable for gc.callbacks ---------------------------------
+ *
+ * A Python callable in gc.callbacks runs bytecode inside every collection, and the eval loop
+ * may hand the GIL to another thread there; no other collection can start meanwhile, so a
+ * threaded process collects a thousand times less often and grows by the garbage it no
+ * longer reaches. This one runs no bytecode. It writes into a caller-owned int64 buffer
+ * under a seqlock (the layout is gc_pauses.py's), and nothing it does can raise half-way:
+ * the version is odd only between two plain stores. */
+
+enum { G_VERSION = 0, G_START = 1, G_LAST_NS = 2, G_LAST_GEN = 3, G_WRITTEN = 4, G_HEAD = 8 };
+enum { G_GENERATIONS = 3, G_MAX_BOUNDS = 32 };
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;
+    int64_t *slots;
+    Py_ssize_t nslots;
+    int64_t bounds[G_MAX_BOUNDS];
+    int nbounds;
+    Py_ssize_t ring;
+} gctimer_t;
+
+static PyObject *k_generation, *k_collected, *k_uncollectable, *k_start;
+
+static int gctimer_init(gctimer_t *self, PyObject *args, PyObject *kw) {
+    PyObject *slots, *bounds;
+    Py_ssize_t ring;
+    if (!PyArg_ParseTuple(args, "OOn", &slots, &bounds, &ring)) return -1;
+    if (self->slots) {
+        PyErr_SetString(PyExc_RuntimeError, "GcTimer is already initialised");
+        return -1;
+    }
+    Py_ssize_t n = PySequence_Size(bounds);
+    if (n < 0) return -1;
+    if (n > G_MAX_BOUNDS || ring <= 0) {
+        PyErr_SetString(PyExc_ValueError, "too many bounds, or no ring");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_GetItem(bounds, i);
+        if (!item) return -1;
+        self->bounds[i] = PyLong_AsLongLong(item);
+        Py_DECREF(item);
+        if (self->bounds[i] == -1 && PyErr_Occurred()) return -1;
+    }
+    self->nbounds = (int)n;
+    self->ring = ring;
+    if (PyObject_GetBuffer(slots, &self->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) return -1;
+    Py_ssize_t need = G_HEAD + G_GENERATIONS * (5 + n + 1) + 2 * ring;
+    if (self->view.len < need * (Py_ssize_t)sizeof(int64_t) ||
+        ((uintptr_t)self->view.buf % sizeof(int64_t)) != 0) {
+        PyBuffer_Release(&self->view);
+        PyErr_SetString(PyExc_ValueError, "slots: an aligned int64 buffer too small for the layout");
+        return -1;
+    }
+    self->slots = (int64_t *)self->view.buf;
+    self->nslots = need;
+    return 0;
+}
+
+static void gctimer_dealloc(gctimer_t *self) {
+    if (self->slots) PyBuffer_Release(&self->view);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int64_t dict_int(PyObject *info, PyObject *key) {
+    PyObject *v = PyDict_GetItemWithError(info, key); /* borrowed; no allocation */
+    if (!v) {
+        PyErr_Clear();
+        return -1;
+    }
+    int64_t n = PyLong_AsLongLong(v);
+    if (n == -1 && PyErr_Occurred()) PyErr_Clear();
+    return n;
+}
+
+/* timer(phase, info): "start" stamps the clock; "stop" records the pause. Anything else, or
+ * a generation outside 0..2, is ignored: a callback must never fail a collection. */
+static PyObject *gctimer_call(gctimer_t *self, PyObject *args, PyObject *kw) {
+    int64_t *g = self->slots;
+    if (!g || PyTuple_GET_SIZE(args) != 2) Py_RETURN_NONE;
+    PyObject *phase = PyTuple_GET_ITEM(args, 0), *info = PyTuple_GET_ITEM(args, 1);
+    int64_t now = now_ns(CLOCK_MONOTONIC);
+    if (PyUnicode_Check(phase) && PyUnicode_Compare(phase, k_start) == 0) {
+        g[G_START] = now;
+        Py_RETURN_NONE;
+    }
+    if (!PyDict_Check(info)) Py_RETURN_NONE;
+    int64_t gen = dict_int(info, k_generation);
+    if (gen < 0 || gen >= G_GENERATIONS) Py_RETURN_NONE;
+    int64_t collected = dict_int(info, k_collected), uncollectable = dict_int(info, k_uncollectable);
+    int64_t elapsed = now - g[G_START];
+    if (elapsed < 0) elapsed = 0;
+    int b = 0;
+    while (b < self->nbounds && elapsed > self->bounds[b]) b++;
+    Py_ssize_t stride = 5 + self->nbounds + 1;
+    int64_t *row = g + G_HEAD + gen * stride; /* count, sum_ns, collected, uncollectable, -, buckets */
+    int64_t v = g[G_VERSION];
+    __atomic_store_n(&g[G_VERSION], v + 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    row[0] += 1;
+    row[1] += elapsed;
+    if (collected > 0) row[2] += collected;
+    if (uncollectable > 0) row[3] += uncollectable;
+    row[5 + b] += 1;
+    g[G_LAST_NS] = elapsed;
+    g[G_LAST_GEN] = gen;
+    int64_t *ring = g + G_HEAD + G_GENERATIONS * stride;
+    int64_t slot = g[G_WRITTEN] % self->ring;
+    ring[slot] = elapsed;
+    ring[self->ring + slot] = gen;
+    g[G_WRITTEN] += 1;
+    __atomic_store_n(&g[G_VERSION], v + 2, __ATOMIC_RELEASE);
+    Py_RETURN_NONE;
+}
+
+static PyTypeObject GcTimerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pathoai_memobs._rest.GcTimer",
+    .tp_basicsize = sizeof(gctimer_t),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "GcTimer(slots, bounds_ns, ring): a gc.callbacks timer that runs no bytecode.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)gctimer_init,
+    .tp_dealloc = (destructor)gctimer_dealloc,
+    .tp_call = (ternaryfunc)gctimer_call,
+};
+
 static PyMethodDef methods[] = {
     {"watch", watch, METH_VARARGS, watch_doc},
     {"snapshot", snapshot, METH_O, snapshot_doc},
@@ -319,7 +447,8 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_rest", "The monitor's rest loop, outside the interpreter.", -1,
+    PyModuleDef_HEAD_INIT, "_rest",
+    "The monitor's rest loop and the GC pause timer, outside the interpreter.", -1,
     methods,
 };
 
@@ -330,6 +459,16 @@ PyMODINIT_FUNC PyInit__rest(void) {
         PyModule_AddIntConstant(m, "LEFT", R_LEFT) < 0 || PyModule_AddIntConstant(m, "ERROR", R_ERROR) < 0 ||
         PyModule_AddIntConstant(m, "POLL", R_POLL) < 0 ||
         PyModule_AddIntConstant(m, "SLOTS", S_SLOTS) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    k_generation = PyUnicode_InternFromString("generation");
+    k_collected = PyUnicode_InternFromString("collected");
+    k_uncollectable = PyUnicode_InternFromString("uncollectable");
+    k_start = PyUnicode_InternFromString("start");
+    if (!k_generation || !k_collected || !k_uncollectable || !k_start ||
+        PyType_Ready(&GcTimerType) < 0 ||
+        PyModule_AddObjectRef(m, "GcTimer", (PyObject *)&GcTimerType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

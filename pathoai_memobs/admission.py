@@ -12,11 +12,12 @@ The monitor records a reading and admits against it in one acquisition of its lo
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
 
-from .exceptions import InsufficientMemoryError
+from .exceptions import InsufficientMemoryError, ReadingUnavailableError
 from .logging import REQUEST_REJECTED, WARNING, RateLimit, emit
 from .pressure import Level, admits, retry_after_s
 from .reading import Reading
@@ -62,6 +63,16 @@ class Admission:
         if admitted and hold:
             self._reserved = reserved + required
         return admitted, reserved
+
+    def fallback(self, last: Reading | None, now: float, error: BaseException) -> Reading:
+        """The reading to admit on when a fresh one failed: the last good one while it is at
+        most two intervals old (a second at least), else a typed refusal."""
+        max_age = max(1.0, 2 * self.interval_s)
+        if last is not None and now - last.monotonic <= max_age:
+            return last
+        with self._lock:
+            self._rejected += 1
+        raise ReadingUnavailableError(type(error).__name__, retry_after_s=math.ceil(max_age))
 
     def release(self, required: int) -> None:
         """Give back what an admitted ``hold`` took."""

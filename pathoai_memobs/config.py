@@ -39,6 +39,19 @@ _POSITIVE_FIELDS: Final = (
     "emergency_cleanup_threshold_mb",
 )
 _GC_THRESHOLD_FIELDS: Final = ("gc_threshold_gen0", "gc_threshold_gen1", "gc_threshold_gen2")
+#: The real bounds of each positive field: past them a value overflows later (a byte count
+#: beyond int64, a thread timeout beyond what threading accepts), so it is refused here.
+_UPPER: Final[Mapping[str, float]] = MappingProxyType(
+    {
+        "max_session_memory_gb": float(1 << 32),  # 4 EiB in GiB
+        "emergency_cleanup_threshold_mb": float(1 << 42),  # 4 EiB in MiB
+        "session_timeout_minutes": 1e8,  # about 190 years
+        "session_cleanup_interval_minutes": 1e8,
+        "monitoring_interval_sec": 86400.0,
+    }
+)
+#: gc.set_threshold takes a C int.
+_GC_THRESHOLD_MAX: Final = (1 << 31) - 1
 _BOOL_FIELDS: Final = (
     "aggressive_gc",
     "enable_background_monitoring",
@@ -165,22 +178,7 @@ def _validate(config: MemoryConfig) -> None:
         value = getattr(config, name)
         if not isinstance(value, bool):
             raise ConfigError(_name(config, name), value, "must be a bool")
-    for name in (*_PERCENT_FIELDS, *_POSITIVE_FIELDS):
-        value = getattr(config, name)
-        if not _is_number(value) or not math.isfinite(value):
-            raise ConfigError(_name(config, name), value, "must be a finite number")
-    for name in _PERCENT_FIELDS:
-        value = getattr(config, name)
-        if not 0 < value <= 100:
-            raise ConfigError(_name(config, name), value, "percent must be in (0, 100]")
-    for name in _POSITIVE_FIELDS:
-        value = getattr(config, name)
-        if value <= 0:
-            raise ConfigError(_name(config, name), value, "must be greater than 0")
-    for name in _GC_THRESHOLD_FIELDS:
-        value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ConfigError(_name(config, name), value, "must be an integer >= 0")
+    _validate_numbers(config)
     if config.gc_aggressiveness not in GC_LEVELS:
         raise ConfigError(
             _name(config, "gc_aggressiveness"),
@@ -194,3 +192,27 @@ def _validate(config: MemoryConfig) -> None:
             "warning threshold must be below the proactive-GC threshold "
             f"({config.proactive_gc_threshold:g} %)",
         )
+
+
+def _validate_numbers(config: MemoryConfig) -> None:
+    """Every number finite and within its real bounds (see ``_UPPER``)."""
+    for name in (*_PERCENT_FIELDS, *_POSITIVE_FIELDS):
+        value = getattr(config, name)
+        if not _is_number(value) or not math.isfinite(value):
+            raise ConfigError(_name(config, name), value, "must be a finite number")
+    for name in _PERCENT_FIELDS:
+        value = getattr(config, name)
+        if not 0 < value <= 100:
+            raise ConfigError(_name(config, name), value, "percent must be in (0, 100]")
+    for name in _POSITIVE_FIELDS:
+        value = getattr(config, name)
+        if value <= 0:
+            raise ConfigError(_name(config, name), value, "must be greater than 0")
+        if value > _UPPER[name]:
+            raise ConfigError(_name(config, name), value, f"must be at most {_UPPER[name]:g}")
+    for name in _GC_THRESHOLD_FIELDS:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(_name(config, name), value, "must be an integer >= 0")
+        if value > _GC_THRESHOLD_MAX:
+            raise ConfigError(_name(config, name), value, f"must be at most {_GC_THRESHOLD_MAX}")

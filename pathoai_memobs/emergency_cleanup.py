@@ -137,15 +137,20 @@ class EmergencyCleanup:
         worker.start()
 
     def run(self, reason: str = "manual") -> EmergencyRun | None:
-        """One cleanup now, in this thread; None if one is already running."""
+        """One cleanup now, in this thread; None if one is already running, or if it could
+        not read memory (counted as an ``emergency_run`` error)."""
         if not self._run_lock.acquire(blocking=False):
             return None
+        run: EmergencyRun | None = None
         try:
             run = self._run(reason)
+        except Exception as exc:  # a reading failed mid-run: counted, and the worker lives on
+            self._count_error("emergency_run", exc)
         finally:
             self._run_lock.release()
+        freed = run.freed_bytes if run is not None else 0
         with self._lock:  # only a run that won nothing back waits out the cooldown
-            self._next_start = self._clock() + (self.cooldown_s if run.freed_bytes == 0 else 0.0)
+            self._next_start = self._clock() + (self.cooldown_s if freed == 0 else 0.0)
         return run
 
     def plan(self) -> list[Step]:

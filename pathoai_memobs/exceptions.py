@@ -48,6 +48,22 @@ class InsufficientMemoryError(MemoryManagementError):
         super().__init__(f"insufficient memory: {detail}")
 
 
+class ReadingUnavailableError(InsufficientMemoryError):
+    """Memory could not be read (a source file vanished or holds garbage) and the last good
+    reading is too old to admit on: refused as short of memory, so a web layer answers 503
+    with ``retry_after_s``. ``cause`` is the reader's error type."""
+
+    def __init__(self, cause: str, *, retry_after_s: float) -> None:
+        self.cause = cause
+        MemoryManagementError.__init__(
+            self, f"memory could not be read ({cause}); retry after {retry_after_s:.0f} s"
+        )
+        self.required_mb = self.available_mb = 0.0
+        self.floor_mb = None
+        self.reserved_mb = 0.0
+        self.retry_after_s = retry_after_s
+
+
 class SessionNotFoundError(MemoryManagementError, KeyError):
     """No live session has that id (unknown, removed or expired). The id is not repeated."""
 

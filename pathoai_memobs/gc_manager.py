@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from .config import MemoryConfig
 from .defaults import DEFAULTS, GC_LEVELS, GCAggressiveness
+from .exporters.catalogue import GC_REASONS
 from .gc_pauses import GC_PAUSES, PauseTimer
 from .readers.process import ProcessReader
 
@@ -153,8 +154,12 @@ class GarbageCollectionManager:
         ``generation``, ``rss_before_bytes``, ``rss_after_bytes``, ``rss_freed_bytes``
         (negative when RSS grew), ``trimmed`` (malloc_trim ran), ``skipped`` and ``reason``.
         """
-        if isinstance(generation, bool) or generation not in (0, 1, 2):
+        if not isinstance(generation, int) or isinstance(generation, bool) or generation > 2:
             raise ValueError(f"generation must be 0, 1 or 2, got {generation!r}")
+        if generation < 0:
+            raise ValueError(f"generation must be 0, 1 or 2, got {generation!r}")
+        if reason not in GC_REASONS:  # a label value: a fixed set, never free text
+            raise ValueError(f"reason must be one of {', '.join(GC_REASONS)}, got {reason!r}")
         rss_before = self._rss.rss_bytes()
         stats_before = gc.get_stats()[generation]
         start = time.perf_counter()

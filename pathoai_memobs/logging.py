@@ -41,6 +41,8 @@ SESSION_REMOVED: Final = "session_removed"
 SESSION_HOOK_FAILED: Final = "session_removal_hook_failed"
 MONITOR_ERROR: Final = "monitor_error"
 EXPORTER_EXPOSED: Final = "exporter_exposed"
+EXPORTER_CLIENT_DROPPED: Final = "exporter_client_dropped"
+GC_TIMER_UNAVAILABLE: Final = "gc_timer_unavailable"
 
 Format = Literal["auto", "json", "console"]
 
@@ -70,6 +72,18 @@ def emit(severity: int, event: str, /, **fields: Any) -> None:
     """Send one structured event (no-op when the stdlib logger would drop that level)."""
     if _stdlib_logger().isEnabledFor(severity):
         _logger().log(severity, event, **fields)
+
+
+def raised_at(exc: BaseException) -> str:
+    """Where ``exc`` was raised, as ``file:line in function``: enough to find the bug, with
+    nothing of its message or its frames' locals (which may hold a secret)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return "unknown"
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    return f"{code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno} in {code.co_name}"
 
 
 class RateLimit:

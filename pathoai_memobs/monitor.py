@@ -2,8 +2,7 @@
 
 - readings and the level: here, with the ladder's decisions in ``pressure``;
 - admission: ``admission.Admission`` (reserved bytes, refusals, the retry hint);
-- the background sampling loop: ``sampling_loop.SamplingLoop``, which after each reading
-  has ``level_actions.LevelActions`` act on the level;
+- the sampling loop: ``sampling_loop.SamplingLoop``; ``level_actions`` acts on each level;
 - emergency cleanup: ``emergency_cleanup.EmergencyCleanup``.
 
 A refused request starts an emergency cleanup in the background only while the level is
@@ -106,8 +105,6 @@ class MemoryMonitor:
         if config.enable_background_monitoring:
             self.start()
 
-    # -- readings and the level -------------------------------------------------------------
-
     def sample(self) -> Reading:
         """Take a fresh reading (bytes), remember it, and move the level accordingly."""
         reading = self._sampler.sample()
@@ -177,7 +174,7 @@ class MemoryMonitor:
         """Errors the monitor survived, by where they happened (sample, action, ...)."""
         return self._errors.totals()
 
-    # -- admission --------------------------------------------------------------------------
+    # -- admission (a failed reading: the last good one within two intervals, else refused) --
 
     @property
     def reserved_bytes(self) -> int:
@@ -217,8 +214,13 @@ class MemoryMonitor:
             self._admission.release(required)
 
     def _admit(self, required: int, *, hold: bool) -> InsufficientMemoryError | None:
-        """Admit against a fresh reading; the refusal (counted and logged) where it fails."""
-        reading = self._sampler.sample()
+        """Admit against a fresh reading (or, where that fails, a recent one); the refusal
+        (counted and logged) where it does not fit."""
+        try:
+            reading = self._sampler.sample()
+        except (OSError, ValueError, KeyError) as exc:  # a counted error and a typed refusal
+            self._errors.count("sample", exc)
+            reading = self._admission.fallback(self._last, time.monotonic(), exc)  # its clock
         admitted, reserved = self._observe(reading, required, hold)
         if admitted:
             return None
@@ -228,10 +230,8 @@ class MemoryMonitor:
             self._cleanup.start("rejection")
         return error
 
-    # -- background thread ------------------------------------------------------------------
-
     @property
-    def running(self) -> bool:
+    def running(self) -> bool:  # the background thread
         return self._loop.running
 
     def start(self) -> None:

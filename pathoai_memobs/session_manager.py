@@ -27,7 +27,8 @@ from typing import Any, Final, Literal, NamedTuple
 
 from .config import MemoryConfig
 from .exceptions import SessionMemoryLimitError, SessionNotFoundError
-from .logging import ERROR, INFO, SESSION_HOOK_FAILED, SESSION_REMOVED, emit
+from .exporters.catalogue import REMOVAL_REASONS
+from .logging import ERROR, INFO, SESSION_HOOK_FAILED, SESSION_REMOVED, emit, raised_at
 from .session_accounting import SessionRecord, apply, measure_from_scratch, recount
 from .session_sweeper import Sweeper
 from .session_top import TopSessions
@@ -214,8 +215,7 @@ class SessionManager:
                 for s in list(self._sessions.values())
                 if self._expired(s, now)
             ]
-        for item in removed:
-            self._run_hooks(item)
+        self._run_all(removed)
         return len(removed)
 
     # -- beyond the reference ---------------------------------------------------------------
@@ -257,8 +257,15 @@ class SessionManager:
     ) -> int:
         """Remove unpinned sessions, least recently used first, until ``bytes_needed`` are freed.
 
-        Returns the host bytes freed. Pinned sessions are never evicted.
+        Returns the host bytes freed. Pinned sessions are never evicted. A bad amount or
+        reason raises ValueError and removes nothing.
         """
+        if isinstance(bytes_needed, bool) or not isinstance(bytes_needed, int):
+            raise ValueError(f"bytes_needed must be an integer of bytes, got {bytes_needed!r}")
+        if bytes_needed < 0:
+            raise ValueError(f"bytes_needed must be >= 0, got {bytes_needed!r}")
+        if reason not in REMOVAL_REASONS:
+            raise ValueError(f"reason must be one of {', '.join(REMOVAL_REASONS)}, got {reason!r}")
         with self._lock:
             candidates = sorted(
                 (s for s in self._sessions.values() if s.pins == 0), key=lambda s: s.last_mono
@@ -269,8 +276,7 @@ class SessionManager:
                     break
                 freed += session.host
                 removed.append(self._detach(session, reason))
-        for item in removed:
-            self._run_hooks(item)
+        self._run_all(removed)
         return freed
 
     def __len__(self) -> int:
@@ -376,9 +382,25 @@ class SessionManager:
             session.sid, MappingProxyType(session.data), reason, session.fp, session.host
         )
 
+    def _run_all(self, removed: list[Removed]) -> None:
+        """Every removed session's hooks, even when one raises KeyboardInterrupt or
+        SystemExit: that is re-raised once all have run."""
+        interrupt: BaseException | None = None
+        for item in removed:
+            try:
+                self._run_hooks(item)
+            except BaseException as exc:
+                interrupt = interrupt or exc
+        if interrupt is not None:
+            raise interrupt
+
     def _run_hooks(self, removed: Removed) -> None:
+        """Each hook for one removal; a failing hook is counted and logged by type and place
+        only: its message may hold the id (``KeyError(sid)``), so neither it nor the
+        traceback is logged. KeyboardInterrupt/SystemExit wait until the others ran."""
         fp, reason = removed.fp, removed.reason
         emit(INFO, SESSION_REMOVED, session=fp, reason=reason, bytes=removed.nbytes)
+        interrupt: BaseException | None = None
         for hook in list(self._hooks):
             try:
                 hook(removed.sid, removed.data, reason)
@@ -391,5 +413,9 @@ class SessionManager:
                     session=fp,
                     reason=reason,
                     error=type(exc).__name__,
-                    exc_info=exc,
+                    where=raised_at(exc),
                 )
+            except BaseException as exc:
+                interrupt = interrupt or exc
+        if interrupt is not None:
+            raise interrupt

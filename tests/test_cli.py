@@ -127,3 +127,34 @@ def test_stack_starts_prometheus_and_alertmanager_and_stops_them() -> None:
     from .promstack import check_stack_command
 
     check_stack_command([sys.executable, "-m", "pathoai_memobs"])
+
+
+def test_bad_flags_are_one_line_naming_the_flag_and_exit_2() -> None:
+    cases = [
+        (["watch", "--seconds", "nan"], "--seconds"),
+        (["watch", "--seconds", "inf"], "--seconds"),
+        (["watch", "--interval", "-1"], "--interval"),
+        (["demo", "--port", "70000"], "--port"),
+        (["demo", "--log", "/missing/folder/x.jsonl"], "--log"),
+        (["stack", "--duration", "-5"], "--duration"),
+        (["assets"], "--out"),
+    ]
+    for args, flag in cases:
+        out = _run(*args)
+        assert out.returncode == 2, (args, out.stderr)
+        assert flag in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_check_config_refuses_a_value_past_its_bound() -> None:
+    out = _run("check-config", env={"MAX_SESSION_MEMORY_GB": "1e300"})
+    assert out.returncode == 2 and "MAX_SESSION_MEMORY_GB" in out.stderr
+
+
+def test_assets_into_a_file_is_one_line_and_exit_1(tmp_path: object) -> None:
+    import pathlib
+
+    target = pathlib.Path(str(tmp_path)) / "a-file"
+    target.write_text("x")
+    out = _run("assets", "--out", str(target))
+    assert out.returncode == 1 and "not a folder" in out.stderr and "Traceback" not in out.stderr

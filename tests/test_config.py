@@ -164,3 +164,24 @@ def test_config_is_immutable_and_replace_revalidates() -> None:
         dataclasses.replace(c, max_memory_percent=0)
     assert c.source_of("max_memory_percent") == "default"
     assert MemoryConfig(max_memory_percent=50).source_of("max_memory_percent") == "code"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_session_memory_gb", 1e300),
+        ("emergency_cleanup_threshold_mb", 1e303),
+        ("session_timeout_minutes", 1e300),
+        ("monitoring_interval_sec", 1e9),
+        ("gc_threshold_gen0", 2**31),
+        ("gc_threshold_gen2", 2**64),
+    ],
+)
+def test_values_past_their_real_bounds_are_refused_up_front(field: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=field):
+        MemoryConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_a_variable_past_its_bound_is_refused_naming_it() -> None:
+    with pytest.raises(ConfigError, match="MAX_SESSION_MEMORY_GB"):
+        MemoryConfig.from_env({"MAX_SESSION_MEMORY_GB": "1e300"})

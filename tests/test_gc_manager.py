@@ -183,14 +183,11 @@ def test_no_deadlock_and_no_lost_collection_under_threads() -> None:
 
 def test_proactive_collection_is_throttled_when_gc_takes_too_much_time() -> None:
     now = [0.0]
-    pause_clock = [100.0]
-    timer = PauseTimer(clock=lambda: pause_clock[0])
+    timer = PauseTimer()
     manager = GarbageCollectionManager(max_gc_share=0.05, timer=timer, clock=lambda: now[0])
     first = manager.proactive_collect()
     assert first["skipped"] is False
-    timer("start", {"generation": 2})  # a 1 s pause, through the callback itself
-    pause_clock[0] += 1.0
-    timer("stop", {"generation": 2, "collected": 0, "uncollectable": 0})
+    timer.record(2, 1.0)  # a 1 s pause (the compiled callback reads the real clock)
     now[0] = 4.0  # 1 s of GC in 4 s: 25 %
     second = manager.proactive_collect()
     assert second["skipped"] is True and second["gc_share"] == pytest.approx(0.25, rel=0.1)
@@ -229,3 +226,86 @@ def test_freeze_makes_full_collections_much_cheaper() -> None:
     assert frozen - 1000 <= manager.unfreeze() <= frozen
     assert manager.frozen_count() == 0
     del heap
+
+
+# -- the pause timer must not harm the collector it measures -----------------------------
+
+
+def test_the_installed_callback_runs_no_bytecode() -> None:
+    """A Python callable in gc.callbacks lets threads switch inside a collection."""
+    import types
+
+    from pathoai_memobs import gc_pauses
+
+    if not gc_pauses.COMPILED:
+        pytest.skip("the _rest extension is not built (test_rest fails where a compiler exists)")
+    call = type(GC_PAUSES).__call__
+    assert not isinstance(call, types.FunctionType), "the timer's __call__ is Python code"
+    assert type(GC_PAUSES).__mro__[1].__module__ == "pathoai_memobs._rest"
+
+
+def test_threads_making_garbage_collect_as_often_with_the_timer_as_without() -> None:
+    """4 threads make cycles for 1.5 s in fresh interpreters: a Python callback cut
+    collections a thousandfold; ours must stay in the same order (bench: within 10 %)."""
+    import json
+    import subprocess
+    import sys
+
+    from bench.bench_gc_threads import CHILD
+
+    def per_s(mode: str) -> float:
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, mode, "1.5"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return float(json.loads(out.stdout)["per_s"])
+
+    off, compiled = per_s("off"), per_s("compiled")
+    assert compiled > off / 3, (compiled, off)
+
+
+def test_a_bad_call_or_an_exception_mid_write_never_leaves_readers_spinning() -> None:
+    from pathoai_memobs.gc_pauses import _PythonWriter
+
+    timer = PauseTimer()
+    timer("stop", {"generation": 3})  # out of range: ignored, not a stuck lock
+    timer("stop", "not a dict")  # type: ignore[arg-type]
+    assert timer.snapshot().count == (0, 0, 0)
+    python = _PythonWriter(timer._slots_buffer, (), 0)
+    python("start", {})
+    with pytest.raises(ValueError):
+        python("stop", {"generation": 1, "collected": "garbage"})  # raises mid-write
+    started = time.monotonic()
+    snap = timer.snapshot()
+    assert time.monotonic() - started < 1 and snap.count[1] == 1
+
+
+def test_without_the_compiled_timer_nothing_is_installed_and_counts_still_export(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from pathoai_memobs import gc_pauses
+    from pathoai_memobs.exporters.prometheus import GCCollector
+
+    monkeypatch.setattr(gc_pauses, "COMPILED", False)
+    gc_pauses._warn_uncompiled.cache_clear()
+    timer = PauseTimer()
+    before = list(gc.callbacks)
+    assert timer.install() is False and timer.install() is False
+    assert gc.callbacks == before
+    warned = [r.msg for r in caplog.records if isinstance(r.msg, dict)]
+    assert [m["event"] for m in warned].count("gc_timer_unavailable") == 1
+    registry = CollectorRegistry()
+    registry.register(GCCollector(timer))
+    gc.collect()
+    text = generate_latest(registry).decode()
+    line = next(
+        x for x in text.splitlines() if x.startswith('pathoai_gc_collections_total{generation="2"}')
+    )
+    assert float(line.split()[-1]) >= 1
+    assert timer.install(python=True) is True  # asked for outright: installed
+    timer.uninstall()

@@ -133,3 +133,36 @@ def test_wsgi_admits_reserves_and_refuses(
     with urllib.request.urlopen(url + "/other", timeout=5) as r:
         assert r.status == 200
     assert monitor.reserved_bytes == 0
+
+
+def test_head_needs_what_get_needs_through_the_middleware() -> None:
+    """Starlette answers HEAD by running the GET handler: it must be admitted as a GET."""
+    ran: list[str] = []
+
+    async def render(request: Request) -> JSONResponse:
+        ran.append(request.method)
+        return JSONResponse({"ok": True})
+
+    memory = Settable(1200 * MIB)  # 1500 MiB never fit above the 500 MiB floor here
+    monitor = MemoryMonitor(MemoryConfig(), sampler=memory, emergency_cooldown_s=60)
+    app = Starlette(routes=[Route("/render", render, methods=["GET"])])
+    app.add_middleware(ASGIAdmission, monitor=monitor, routes={"GET /render": 1500})
+    with TestClient(app) as client:
+        assert client.get("/render").status_code == 503
+        assert client.head("/render").status_code == 503
+    assert ran == []
+    assert RouteTable.compile({"GET /r": 5}).need("HEAD", "/r") == 5
+    assert RouteTable.compile({"GET /r": 5, "HEAD /r": 1}).need("HEAD", "/r") == 1
+
+
+@pytest.mark.parametrize("bad", [{1: 100}, {None: 1}, [("/x", 1)], "/x", None])
+def test_route_tables_of_the_wrong_type_are_type_errors(bad: object) -> None:
+    with pytest.raises(TypeError):
+        RouteTable.compile(bad)  # type: ignore[arg-type]
+
+
+def test_route_amounts_beyond_any_memory_are_refused() -> None:
+    with pytest.raises(ValueError):
+        RouteTable.compile({"/x": 2**2000})
+    with pytest.raises(ValueError):
+        RouteTable.compile({"/x": 1e303})

@@ -158,3 +158,62 @@ def test_psi_is_read_when_asked_at_most_once_a_second(tmp_path: Path) -> None:
     now[0] += 1.0
     assert m.pressure is None  # unreadable PSI is absent, not an error, and not retried
     assert m.errors_total == {}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"callback_budget_s": None},
+        {"callback_budget_s": -1},
+        {"callback_budget_s": 0},
+        {"emergency_cooldown_s": math.nan},
+        {"emergency_cooldown_s": -1},
+        {"proactive_gc_interval_s": math.inf},
+        {"source": "proc"},
+    ],
+)
+def test_bad_timing_arguments_are_value_errors(options: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        MemoryMonitor(MemoryConfig(), **options)  # type: ignore[arg-type]
+
+
+def test_a_config_of_the_wrong_type_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="MemoryConfig"):
+        MemoryMonitor(config={})  # type: ignore[arg-type]
+
+
+def test_a_reading_that_fails_admits_on_a_recent_one_else_refuses_typed(tmp_path: Path) -> None:
+    from pathoai_memobs.exceptions import InsufficientMemoryError, ReadingUnavailableError
+
+    v2_tree(tmp_path, current=512 * MIB, inactive_file=0, limits={"/a": str(2 * GIB)}, path="/a")
+    m = MemoryMonitor(MemoryConfig(), root=str(tmp_path))
+    current = tmp_path / "sys/fs/cgroup/a/memory.current"
+    assert m.check_memory_available(100)
+    current.write_text("garbage\n")
+    assert m.check_memory_available(100)  # on the last good reading, just taken
+    assert m.errors_total["sample"] == 1
+    last = m.last_reading
+    assert last is not None
+    m._last = last._replace(monotonic=last.monotonic - 10)  # as if taken 10 s ago: too old
+    with pytest.raises(ReadingUnavailableError) as refused:
+        m.check_memory_available(100)
+    assert isinstance(refused.value, InsufficientMemoryError)  # a 503 with Retry-After
+    assert refused.value.retry_after_s == 2 and refused.value.cause == "ValueError"
+    with pytest.raises(ReadingUnavailableError), m.reserve(1):
+        pass
+    assert m.errors_total["sample"] == 3 and m.requests_rejected_total == 2
+    (tmp_path / "proc/meminfo").unlink()  # a file that vanishes: the same typed refusal
+    with pytest.raises(ReadingUnavailableError):
+        m.check_memory_available(1)
+
+
+def test_an_emergency_run_that_cannot_read_is_counted_and_the_worker_lives() -> None:
+    class Failing:
+        def sample(self) -> Reading:
+            raise OSError("gone")
+
+    m = MemoryMonitor(MemoryConfig(), sampler=Failing(), emergency_cooldown_s=0)
+    assert m.run_emergency_cleanup() is None
+    assert m.errors_total["emergency_run"] == 1
+    assert m.run_emergency_cleanup() is None  # the lock was released
+    assert m.errors_total["emergency_run"] == 2

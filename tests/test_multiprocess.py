@@ -119,3 +119,39 @@ def test_four_workers_one_metrics_and_a_dead_worker_goes_away(
     assert after[("pathoai_sessions_created_total", ())] == 40  # counts are kept
     gc_after = sum(v for (n, _), v in after.items() if n == "pathoai_gc_duration_seconds_count")
     assert gc_after >= gc_count  # a counter never goes backwards
+
+
+def test_malformed_worker_files_are_skipped_counted_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from pathoai_memobs import MemoryConfig, MemoryMonitor
+    from pathoai_memobs.exporters.multiprocess import PREFIX, MultiprocessCollector, Publisher
+    from pathoai_memobs.exporters.prometheus import MemobsCollector
+
+    Publisher(MemobsCollector(MemoryMonitor(MemoryConfig()), None, None), tmp_path).publish()
+    good = json.loads(next(tmp_path.glob(f"{PREFIX}*.json")).read_text())
+    fam = good["families"][0]
+    variants = [
+        "{not json",
+        json.dumps([1, 2, 3]),
+        json.dumps({**good, "families": "x"}),
+        json.dumps({**good, "pid": "1"}),
+        json.dumps({**good, "families": [{**fam, "samples": [["x", {}, "NaN?"]]}]}),
+        json.dumps({**good, "families": [{**fam, "samples": [["x", {"a": 1}, 1.0]]}]}),
+        json.dumps({**good, "families": [{**fam, "type": "sideways"}]}),
+    ]
+    for i, text in enumerate(variants):
+        (tmp_path / f"{PREFIX}{900000 + i}.json").write_text(text)
+    registry = CollectorRegistry()
+    collector = MultiprocessCollector(registry, tmp_path)
+    for _ in range(3):  # every scrape works; each bad file is reported once
+        text = generate_latest(registry).decode()
+        assert "pathoai_memory_used_ratio" in text
+    assert collector.malformed_total == len(variants)
+    assert f"pathoai_multiprocess_malformed_files_total {float(len(variants))}" in text
+    logged = [r.msg for r in caplog.records if isinstance(r.msg, dict)]
+    assert sum(m.get("where") == "multiprocess_file" for m in logged) == len(variants)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import random
 import subprocess
 import sys
@@ -351,3 +352,62 @@ def test_a_session_id_never_shows_in_a_repr() -> None:
     view = sessions.get_session(sid)
     assert view is not None and view.session_id == sid
     assert sid not in repr(view) and view.fingerprint in repr(view)
+
+
+def test_a_hook_exception_holding_the_id_never_reaches_a_log(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from pathoai_memobs.logging import configure_logging
+
+    caplog.set_level(logging.INFO)
+    handler = configure_logging("json")
+    cache: dict[str, object] = {}
+    sessions = SessionManager()
+    sessions.on_remove(lambda sid, data, reason: cache.pop(sid))  # KeyError(sid)
+    ids = [sessions.create_session() for _ in range(30)]
+    try:
+        for sid in ids:
+            sessions.delete_session(sid)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    text = caplog.text + capfd.readouterr().err + repr([r.__dict__ for r in caplog.records])
+    assert all(sid not in text for sid in ids)
+    failed = [r.msg for r in caplog.records if isinstance(r.msg, dict)]
+    failed = [m for m in failed if m["event"] == "session_removal_hook_failed"]
+    assert len(failed) == 30 and failed[0]["error"] == "KeyError"
+    assert "test_sessions.py" in failed[0]["where"]  # where it was raised, not what it said
+
+
+def test_an_interrupt_in_one_hook_lets_every_other_hook_run_first() -> None:
+    now = [0.0]
+    sessions = SessionManager(timeout_minutes=1, clock=lambda: now[0])
+    ids = [sessions.create_session() for _ in range(5)]
+    hooked: list[str] = []
+
+    def hook(sid: str, data: object, reason: str) -> None:
+        hooked.append(sid)
+        if len(hooked) == 1:
+            raise KeyboardInterrupt
+
+    sessions.on_remove(hook)
+    sessions.on_remove(lambda sid, data, reason: hooked.append("second:" + sid))
+    now[0] = 120.0
+    with pytest.raises(KeyboardInterrupt):
+        sessions.cleanup_inactive_sessions()
+    assert sorted(h for h in hooked if not h.startswith("second:")) == sorted(ids)
+    assert len([h for h in hooked if h.startswith("second:")]) == 5
+    assert len(sessions) == 0
+
+
+@pytest.mark.parametrize(
+    ("needed", "reason"),
+    [(math.nan, "emergency"), (1.5, "emergency"), (-1, "emergency"), (True, "emergency"),
+     (1, None), (1, "whatever"), (1, 5)],
+)  # fmt: skip
+def test_bad_eviction_arguments_evict_nothing(needed: object, reason: object) -> None:
+    sessions = SessionManager()
+    for _ in range(3):
+        sessions.create_session()
+    with pytest.raises(ValueError):
+        sessions.evict_least_recently_used(needed, reason=reason)  # type: ignore[arg-type]
+    assert len(sessions) == 3

@@ -54,7 +54,7 @@ class Metric:
 #: Label values known before they are seen: exported at 0 from the start by both exporters.
 GC_REASONS: Final = ("manual", "proactive", "emergency")
 REMOVAL_REASONS: Final = ("timeout", "explicit", "emergency")
-ERROR_PLACES: Final = ("sample", "action", "wakeups", "emergency_step", "scrape")
+ERROR_PLACES: Final = ("sample", "action", "wakeups", "emergency_step", "emergency_run", "scrape")
 
 
 # A table: one metric a line reads better than each wrapped over eight.
@@ -84,9 +84,10 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
     Metric("pathoai_session_top_memory_bytes", "gauge", "bytes", ("session",), "Accounted memory of the largest sessions, by fingerprint (never the id).", "top", otel=(OTel("pathoai.session.top.memory", "By", "gauge", ("pathoai.session.fingerprint",)),)),
     Metric("pathoai_session_removal_hook_failures_total", "counter", "", (), "Session removal hooks that raised.", "sum"),
     # garbage collection
-    Metric("pathoai_gc_duration_seconds", "histogram", "seconds", ("generation",), "Pause of each garbage collection the interpreter ran, by generation.", "sum", otel=(OTel("pathoai.gc.duration", "s", "histogram", (GEN,)), OTel("cpython.gc.collections", "{collection}", "counter", (GEN,)),)),
-    Metric("pathoai_gc_collected_objects_total", "counter", "", ("generation",), "Objects freed by the garbage collector, by generation.", "sum", otel=(OTel("cpython.gc.collected_objects", "{object}", "counter", (GEN,)),)),
-    Metric("pathoai_gc_uncollectable_objects_total", "counter", "", ("generation",), "Objects the garbage collector found uncollectable, by generation.", "sum", otel=(OTel("cpython.gc.uncollectable_objects", "{object}", "counter", (GEN,)),)),
+    Metric("pathoai_gc_duration_seconds", "histogram", "seconds", ("generation",), "Pause of each garbage collection the interpreter ran, by generation (where the compiled timer is built).", "sum", otel=(OTel("pathoai.gc.duration", "s", "histogram", (GEN,)),)),
+    Metric("pathoai_gc_collections_total", "counter", "", ("generation",), "Collections the interpreter ran, by generation (gc.get_stats: timed or not).", "sum", otel=(OTel("cpython.gc.collections", "{collection}", "counter", (GEN,)),)),
+    Metric("pathoai_gc_collected_objects_total", "counter", "", ("generation",), "Objects freed by the garbage collector, by generation (gc.get_stats).", "sum", otel=(OTel("cpython.gc.collected_objects", "{object}", "counter", (GEN,)),)),
+    Metric("pathoai_gc_uncollectable_objects_total", "counter", "", ("generation",), "Objects the garbage collector found uncollectable, by generation (gc.get_stats).", "sum", otel=(OTel("cpython.gc.uncollectable_objects", "{object}", "counter", (GEN,)),)),
     Metric("pathoai_gc_frozen_objects", "gauge", "", (), "Objects moved out of the collector's reach by freeze().", "sum", otel=(OTel("pathoai.gc.frozen_objects", "{object}", "gauge"),)),
     Metric("pathoai_gc_manager_collections_total", "counter", "", ("reason",), "Collections the GC manager ran, by reason (manual, proactive, emergency).", "sum", otel=(OTel("pathoai.gc.manager.collections", "{collection}", "counter", ("pathoai.gc.reason",)),)),
     Metric("pathoai_gc_manager_skipped_collections_total", "counter", "", ("reason",), "Proactive collections skipped because collections already took too much time.", "sum"),
@@ -100,9 +101,10 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
     Metric("pathoai_monitor_last_sample_timestamp_seconds", "gauge", "seconds", (), "Unix time of the monitor's last good reading (the oldest across workers).", "min", otel=(OTel("pathoai.monitor.last_sample_time", "s", "gauge"),)),
     Metric("pathoai_monitor_interval_seconds", "gauge", "seconds", (), "Configured sampling interval (MemoryConfig.monitoring_interval_sec).", "max"),
     Metric("pathoai_monitor_running", "gauge", "", (), "1 while the background monitor thread runs (summed over workers).", "sum"),
-    Metric("pathoai_monitor_errors_total", "counter", "", ("where",), "Errors the monitor survived, by where: sample, action, wakeups (kernel event set-up or poll), emergency_step, scrape.", "sum", otel=(OTel("pathoai.monitor.errors", "{error}", "counter", ("pathoai.monitor.error.where",)),)),
+    Metric("pathoai_monitor_errors_total", "counter", "", ("where",), "Errors the monitor survived, by where: sample, action, wakeups (kernel event set-up or poll), emergency_step, emergency_run (a reading failed mid-run), scrape.", "sum", otel=(OTel("pathoai.monitor.errors", "{error}", "counter", ("pathoai.monitor.error.where",)),)),
     Metric("pathoai_memobs_build_info", "gauge", "", ("version",), "pathoai-memobs version (always 1).", "union"),
     Metric("pathoai_multiprocess_workers", "gauge", "", (), "Worker processes whose state reached this exposition (multiprocess mode only).", "sum"),
+    Metric("pathoai_multiprocess_malformed_files_total", "counter", "", (), "Worker files skipped because they did not hold what a worker writes (multiprocess mode only).", "sum"),
 )
 # fmt: on
 

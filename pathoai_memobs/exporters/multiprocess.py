@@ -33,8 +33,8 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from ..logging import MONITOR_ERROR, emit
-from .catalogue import BY_NAME, Merge
+from ..logging import MONITOR_ERROR, WARNING, emit
+from .catalogue import BY_NAME, Merge, family_name
 
 PREFIX = "pathoai_memobs_"
 ARCHIVE = "pathoai_memobs_archive.json"
@@ -131,6 +131,43 @@ def _read(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data
+
+
+_TYPES = frozenset(
+    {"counter", "gauge", "histogram", "gaugehistogram", "summary", "info", "unknown"}
+)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def valid_worker_file(data: object) -> bool:
+    """Whether a worker file holds what ``Publisher`` writes: its pid, time and interval,
+    and families of (name, type, help, samples of [name, {label: value}, number])."""
+    if not isinstance(data, dict) or not isinstance(data.get("families"), list):
+        return False
+    if not (_number(data.get("time")) and _number(data.get("interval_s"))):
+        return False
+    if not isinstance(data.get("pid"), int) or isinstance(data.get("pid"), bool):
+        return False
+    for fam in data["families"]:
+        if not isinstance(fam, dict) or fam.get("type") not in _TYPES:
+            return False
+        if not (isinstance(fam.get("name"), str) and isinstance(fam.get("help"), str)):
+            return False
+        samples = fam.get("samples")
+        if not isinstance(samples, list):
+            return False
+        for sample in samples:
+            if not (isinstance(sample, list) and len(sample) == 3):
+                return False
+            name, labels, value = sample
+            if not (isinstance(name, str) and isinstance(labels, dict) and _number(value)):
+                return False
+            if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+                return False
+    return True
 
 
 def _write(path: Path, data: Any) -> None:
@@ -248,8 +285,27 @@ class MultiprocessCollector(Collector):
         directory: str | os.PathLike[str] | None = None,
     ) -> None:
         self.directory = directory_from_env(directory)
+        self.malformed_total = 0
+        self._seen_bad: set[tuple[str, int]] = set()
         if registry is not None:
             registry.register(self)
+
+    def _malformed(self, path: Path) -> None:
+        try:
+            version = path.stat().st_mtime_ns
+        except OSError:  # gone meanwhile: a worker replaced or removed it
+            return
+        if (path.name, version) in self._seen_bad:
+            return
+        self._seen_bad.add((path.name, version))
+        self.malformed_total += 1
+        emit(
+            WARNING,
+            MONITOR_ERROR,
+            where="multiprocess_file",
+            error="MalformedWorkerFile",
+            file=path.name,
+        )
 
     def collect(self) -> Iterator[Metric]:
         with _locked(self.directory):
@@ -259,7 +315,8 @@ class MultiprocessCollector(Collector):
                 if path.name == ARCHIVE:
                     continue
                 data = _read(path)
-                if data is None:
+                if data is None or not valid_worker_file(data):
+                    self._malformed(path)  # skipped, counted, logged once per file version
                     continue
                 stale = now - data.get("time", now) > 3 * data.get("interval_s", 1.0)
                 if stale and not _alive(int(data.get("pid", -1))):
@@ -276,3 +333,7 @@ class MultiprocessCollector(Collector):
         workers = Metric(spec.name, spec.help, "gauge")
         workers.add_sample(spec.name, {}, float(len(live)))
         yield workers
+        spec = BY_NAME["pathoai_multiprocess_malformed_files_total"]
+        bad = Metric(family_name(spec), spec.help, "counter")
+        bad.add_sample(spec.name, {}, float(self.malformed_total))
+        yield bad

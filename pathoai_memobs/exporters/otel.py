@@ -15,6 +15,7 @@ standard ``OTEL_*`` variables. OpenTelemetry is imported only when this module i
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -75,7 +76,7 @@ def instrument(
     out = OTelInstruments()
     timer.install()
     out._pause_since = timer.recent(0)[1]
-    values: dict[str, Values] = _gc_values(timer, gc_manager)
+    values: dict[str, Values] = _gc_values(gc_manager)
     scope = "host"
     if monitor is not None:
         first = monitor.last_reading or monitor.sample()
@@ -225,20 +226,18 @@ class _Memo:
         return self.value
 
 
-def _gc_values(timer: PauseTimer, gc_manager: GarbageCollectionManager | None) -> dict[str, Values]:
+def _gc_values(gc_manager: GarbageCollectionManager | None) -> dict[str, Values]:
     from ..gc_manager import GarbageCollectionManager  # noqa: PLC0415
 
-    snap = _Memo(timer.snapshot)
+    stats = _Memo(gc.get_stats)
+
+    def per_generation(key: str) -> Values:
+        return lambda: [((g,), s[key]) for g, s in enumerate(stats()[:GENERATIONS])]
+
     out: dict[str, Values] = {
-        "pathoai_gc_duration_seconds": lambda: [
-            ((g,), snap().count[g]) for g in range(GENERATIONS)
-        ],
-        "pathoai_gc_collected_objects_total": lambda: [
-            ((g,), n) for g, n in enumerate(snap().collected)
-        ],
-        "pathoai_gc_uncollectable_objects_total": lambda: [
-            ((g,), n) for g, n in enumerate(snap().uncollectable)
-        ],
+        "pathoai_gc_collections_total": per_generation("collections"),
+        "pathoai_gc_collected_objects_total": per_generation("collected"),
+        "pathoai_gc_uncollectable_objects_total": per_generation("uncollectable"),
         "pathoai_gc_frozen_objects": GarbageCollectionManager.frozen_count,
     }
     if gc_manager is not None:

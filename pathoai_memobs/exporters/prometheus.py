@@ -7,19 +7,11 @@ Collectors read at scrape time and hold no copy; names, units and help come from
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
-import ipaddress
+import gc
 import logging
-import socket
-import ssl
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from itertools import accumulate
-from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client import make_asgi_app as _prom_asgi_app
@@ -36,16 +28,15 @@ from prometheus_client.registry import Collector
 from .. import __version__
 from ..emergency import DURATION_BUCKETS
 from ..gc_pauses import GC_PAUSES, GENERATIONS, PAUSE_BUCKETS, PauseTimer
-from ..logging import EXPORTER_EXPOSED, MONITOR_ERROR, emit
+from ..logging import MONITOR_ERROR, emit
 from ..session_manager import SIZE_BUCKETS
 from .catalogue import BY_NAME, ERROR_PLACES, GC_REASONS, REMOVAL_REASONS, family_name
+from .server import DEFAULT_PORT, MetricsServer, start_http_server  # the names stay here too
 
 if TYPE_CHECKING:
     from ..gc_manager import GarbageCollectionManager
     from ..monitor import MemoryMonitor
     from ..session_manager import SessionManager
-
-DEFAULT_PORT = 9464
 
 
 def _gauge(name: str, value: float | None = None) -> GaugeMetricFamily:
@@ -80,18 +71,21 @@ class GCCollector(Collector):
         snap = self.timer.snapshot()
         spec = BY_NAME["pathoai_gc_duration_seconds"]
         duration = HistogramMetricFamily(spec.name, spec.help, labels=["generation"])
+        collections = _counter("pathoai_gc_collections_total")
         collected = _counter("pathoai_gc_collected_objects_total")
         uncollectable = _counter("pathoai_gc_uncollectable_objects_total")
         bounds = _bounds(PAUSE_BUCKETS)
-        for g in range(GENERATIONS):
+        for g, stats in enumerate(gc.get_stats()[:GENERATIONS]):  # counted whether timed or not
             label = [str(g)]
             cumulative = snap.cumulative(g)
             duration.add_metric(
                 label, list(zip(bounds, map(float, cumulative), strict=True)), snap.sum_seconds[g]
             )
-            collected.add_metric(label, snap.collected[g])
-            uncollectable.add_metric(label, snap.uncollectable[g])
+            collections.add_metric(label, stats["collections"])
+            collected.add_metric(label, stats["collected"])
+            uncollectable.add_metric(label, stats["uncollectable"])
         yield duration
+        yield collections
         yield collected
         yield uncollectable
         from ..gc_manager import GarbageCollectionManager  # noqa: PLC0415
@@ -256,120 +250,13 @@ def make_asgi_app(registry: CollectorRegistry = REGISTRY) -> Callable[..., Any]:
     return _prom_asgi_app(registry)
 
 
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 64
-
-
-class _Handler(WSGIRequestHandler):
-    timeout = 10  # a slow or stalled client is dropped after 10 s of silence
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-def _guarded(
-    app: Callable[..., Any], basic_auth: tuple[str, str] | None
-) -> Callable[..., Iterable[bytes]]:
-    """Serve ``/metrics`` (and ``/`` as a pointer to it); 404 elsewhere; basic auth if set."""
-    expected = None
-    if basic_auth is not None:
-        user, password = basic_auth
-        expected = f"{user}:{password}".encode()
-
-    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if expected is not None:
-            header = environ.get("HTTP_AUTHORIZATION", "")
-            scheme, _, token = header.partition(" ")
-            try:
-                given = base64.b64decode(token, validate=True) if scheme == "Basic" else b""
-            except (binascii.Error, ValueError):
-                given = b""
-            if not hmac.compare_digest(given, expected):
-                start_response(
-                    "401 Unauthorized",
-                    [("WWW-Authenticate", 'Basic realm="metrics"'), ("Content-Length", "0")],
-                )
-                return [b""]
-        path = environ.get("PATH_INFO", "/")
-        if path == "/metrics":
-            return app(environ, start_response)  # type: ignore[no-any-return]
-        if path == "/":
-            body = b"pathoai-memobs exporter: see /metrics\n"
-            start_response(
-                "200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
-            )
-            return [body]
-        start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "10")])
-        return [b"not found\n"]
-
-    return guarded
-
-
-class MetricsServer:
-    """A running exporter: ``url``, ``port``, and ``stop()``."""
-
-    def __init__(self, server: _Server, thread: threading.Thread, scheme: str) -> None:
-        self._server = server
-        self._thread = thread
-        host, port = server.server_address[:2]
-        self.port = int(port)
-        self.host = host.decode() if isinstance(host, bytes) else str(host)
-        self.url = f"{scheme}://{self.host}:{self.port}/metrics"
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout_s)
-
-
-def start_http_server(
-    port: int = DEFAULT_PORT,
-    addr: str = "127.0.0.1",
-    *,
-    registry: CollectorRegistry = REGISTRY,
-    certfile: str | None = None,
-    keyfile: str | None = None,
-    client_cafile: str | None = None,
-    client_auth_required: bool = False,
-    basic_auth: tuple[str, str] | None = None,
-) -> MetricsServer:
-    """Serve ``/metrics`` from a daemon thread, on loopback unless told otherwise.
-
-    For exposure beyond loopback: ``certfile``/``keyfile`` turn on TLS (1.2 or later),
-    ``client_cafile`` with ``client_auth_required`` asks for client certificates (mutual
-    TLS), and ``basic_auth=(user, password)`` asks for HTTP basic credentials.
-    ``port=0`` picks a free port (read it back from ``.port``).
-    """
-    if client_auth_required and client_cafile is None:
-        raise ValueError("client_auth_required needs client_cafile")
-    if (certfile is None) != (keyfile is None):
-        raise ValueError("certfile and keyfile go together")
-    app = _guarded(make_wsgi_app(registry), basic_auth)
-    server_class: type[_Server] = _Server
-    if ":" in addr:
-        server_class = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
-    server = make_server(addr, port, app, server_class, _Handler)
-    scheme = "http"
-    if certfile is not None:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(certfile, keyfile)
-        if client_cafile is not None:
-            context.load_verify_locations(cafile=client_cafile)
-            context.verify_mode = ssl.CERT_REQUIRED if client_auth_required else ssl.CERT_OPTIONAL
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-        scheme = "https"
-    if not _loopback(addr) and certfile is None and basic_auth is None:
-        emit(logging.WARNING, EXPORTER_EXPOSED, addr=addr, port=port, tls=False, auth=False)
-    thread = threading.Thread(target=server.serve_forever, name="pathoai-metrics", daemon=True)
-    thread.start()
-    return MetricsServer(server, thread, scheme)
-
-
-def _loopback(addr: str) -> bool:
-    try:
-        return ipaddress.ip_address(addr).is_loopback
-    except ValueError:
-        return addr == "localhost"
+__all__ = [
+    "DEFAULT_PORT",
+    "GCCollector",
+    "MemobsCollector",
+    "MetricsServer",
+    "instrument",
+    "make_asgi_app",
+    "make_wsgi_app",
+    "start_http_server",
+]

@@ -27,10 +27,15 @@ class RouteTable:
 
     @classmethod
     def compile(cls, routes: Mapping[str, float]) -> RouteTable:
-        """Validate and compile; a bad key or amount raises ValueError naming it."""
+        """Validate and compile; a key or amount of the wrong type raises TypeError, a bad
+        one ValueError, each naming it."""
+        if not isinstance(routes, Mapping):
+            raise TypeError(f"routes must be a mapping of 'METHOD /path' to MB, got {routes!r}")
         exact: dict[tuple[str | None, str], float] = {}
         prefixes: list[tuple[str | None, str, float]] = []
         for key, mb in routes.items():
+            if not isinstance(key, str):
+                raise TypeError(f"route keys are strings like 'POST /analyze', got {key!r}")
             to_bytes_mb(mb, f"memory for route {key!r}")
             method, _, path = key.strip().rpartition(" ")
             method_key = method.upper() or None
@@ -46,7 +51,11 @@ class RouteTable:
         return cls(exact, tuple(prefixes))
 
     def need(self, method: str, path: str) -> float | None:
-        """MiB the request needs, or None when the route is not marked."""
+        """MiB the request needs, or None when the route is not marked. HEAD is a GET
+        whose body is dropped (the framework still runs the GET handler), so it needs what
+        GET needs."""
+        if method == "HEAD" and ("HEAD", path) not in self.exact:
+            method = "GET"
         for key in ((method, path), (None, path)):
             if key in self.exact:
                 return self.exact[key]

@@ -4,14 +4,55 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
+from typing import NoReturn
 
 from ..config import MemoryConfig
 from ..exceptions import ConfigError
 from ..monitor import MemoryMonitor
+
+
+def _seconds(text: str) -> float:
+    """A finite number of seconds > 0 (argparse turns the ValueError into one line, exit 2)."""
+    value = float(text)
+    if not math.isfinite(value) or value <= 0 or value > 1e7:
+        raise ValueError(text)
+    return value
+
+
+def _duration(text: str) -> float:
+    """Seconds >= 0 (0: until Ctrl-C)."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0 or value > 1e7:
+        raise ValueError(text)
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(text)
+    return value
+
+
+def _writable_file(text: str) -> str:
+    """A file path whose folder exists (the demo writes its JSON log there)."""
+    import os  # noqa: PLC0415
+
+    folder = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(folder) or os.path.isdir(text):
+        raise ValueError(text)
+    return text
+
+
+_seconds.__name__ = "seconds > 0"  # argparse names the type in its one-line error
+_duration.__name__ = "seconds >= 0"
+_port.__name__ = "port (0-65535)"
+_writable_file.__name__ = "file in an existing folder"
 
 
 def _watch(args: argparse.Namespace) -> int:
@@ -111,12 +152,19 @@ def _assets(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad flag is one line naming it (and exit 2), not the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pathoai-memobs", description=__doc__)
+    parser = _Parser(prog="pathoai-memobs", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     watch = sub.add_parser("watch", help="print get_current_metrics() every interval")
-    watch.add_argument("--seconds", type=float, default=5.0, help="how long to watch")
-    watch.add_argument("--interval", type=float, default=1.0, help="seconds between readings")
+    watch.add_argument("--seconds", type=_seconds, default=5.0, help="how long to watch")
+    watch.add_argument("--interval", type=_seconds, default=1.0, help="seconds between readings")
     watch.add_argument("--json", action="store_true", help="one JSON object per line")
     watch.set_defaults(func=_watch)
     check = sub.add_parser("check-config", help="validate the environment's configuration")
@@ -126,17 +174,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=_status)
     demo = sub.add_parser("demo", help="run the demo workload with the exporter and JSON logs")
-    demo.add_argument("--duration", type=float, default=90.0, help="seconds (Ctrl-C ends early)")
-    demo.add_argument("--port", type=int, default=9464, help="metrics port on 127.0.0.1")
+    demo.add_argument("--duration", type=_seconds, default=90.0, help="seconds (Ctrl-C ends early)")
+    demo.add_argument("--port", type=_port, default=9464, help="metrics port on 127.0.0.1")
     demo.add_argument("--json", action="store_true", help="a JSON status line every second")
-    demo.add_argument("--log", help="JSON log file (default: pathoai-demo.jsonl in the temp dir)")
+    demo.add_argument("--log", type=_writable_file, help="JSON log file (default: in the temp dir)")
     demo.add_argument("--no-cgroup", action="store_true", help="use a budget, not a cgroup")
     demo.set_defaults(func=_demo)
     stack = sub.add_parser("stack", help="Prometheus + Alertmanager on loopback for the demo")
     stack.add_argument("--target", default="127.0.0.1:9464", help="exporter to scrape")
-    stack.add_argument("--prometheus-port", type=int, default=9090)
-    stack.add_argument("--alertmanager-port", type=int, default=9093)
-    stack.add_argument("--duration", type=float, default=0, help="seconds; 0 runs until Ctrl-C")
+    stack.add_argument("--prometheus-port", type=_port, default=9090)
+    stack.add_argument("--alertmanager-port", type=_port, default=9093)
+    stack.add_argument("--duration", type=_duration, default=0, help="seconds; 0 runs until Ctrl-C")
     stack.set_defaults(func=_stack)
     out = sub.add_parser("assets", help="write the alert rules, routing and dashboards to a folder")
     out.add_argument("--out", required=True, help="folder to write into (created if missing)")
