@@ -2,7 +2,7 @@
 
 The one read path of the library: the sampler preads the readers' kept descriptors and
 parses each text with the readers' own functions (``meminfo_total_available``,
-``lowest_limit``, ``inactive_file``, ``parse_statm_rss``); the readers' methods go through
+``parse_limit``, ``inactive_file``, ``parse_statm_rss``); the readers' methods go through
 the same functions, and the compiled rest loop (``_rest.c``) mirrors them, held to them by
 a property test.
 """
@@ -19,7 +19,7 @@ from .cgroup import (
     CgroupReader,
     find_memory_cgroup,
     inactive_file,
-    lowest_limit,
+    parse_limit,
 )
 from .host import HostReader, meminfo_total_available
 from .process import ProcessReader, parse_statm_rss
@@ -80,7 +80,11 @@ class MemorySampler:
         if now < self._limit_until and not fresh_limits:
             limit = self._limit
         else:
-            limit = lowest_limit([_pread(fd, 64, 0) for fd in self._limit_fds])
+            limit = None  # lowest_limit's loop, without building its list on the hot path
+            for fd in self._limit_fds:
+                value = parse_limit(_pread(fd, 64, 0))
+                if value is not None and (limit is None or value < limit):
+                    limit = value
             if self.limit_ttl_s > 0:
                 self._limit, self._limit_until = limit, now + self.limit_ttl_s
         if limit is not None and limit < host_total:
