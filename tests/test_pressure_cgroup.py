@@ -65,3 +65,32 @@ def test_with_the_manager_the_service_runs_to_its_end(
     assert all(e["reason"] == "emergency" for e in logs if e["event"] == "session_removed")
     for sid in r["ids"]:
         assert sid not in err  # a session id never reaches a log line
+
+
+@pytest.mark.cgroup
+def test_cleanup_keeps_up_with_a_process_that_keeps_allocating(
+    make_cgroup: Callable[[int], MemoryCgroup],
+) -> None:
+    """64 MiB every 0.2 s into new sessions for 20 s, no admission, the monitor on its
+    defaults: the old 5 s cooldown after any run let this reach the OOM killer (it did, side
+    by side, where this passes). A run that frees something no longer holds the next one."""
+    group = make_cgroup(1 * GIB)
+    workload = str(Path(__file__).parent / "workloads" / "steady_alloc.py")
+    proc = group.popen(
+        [sys.executable, workload, "--seconds", "20", "--every", "0.2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, (proc.returncode, err[-2000:])
+    assert group.oom_kills() == 0
+    r = json.loads(out.splitlines()[-1])
+    assert r["stored"] * 64 > 1500  # far more than the cgroup could ever hold at once
+    assert r["evicted"] >= 1 and r["runs"] >= 2
+    assert r["errors"] == {}
