@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup system demo test lint typecheck pytest bench clean
+.PHONY: setup system demo test lint typecheck pytest bench reliability clean
 
 setup: $(STAMP) system
 
@@ -39,5 +39,9 @@ test: setup lint typecheck pytest
 bench: setup
 	$(PY) -m bench
 
+# The bad-input, fault and soak suites, and docs/reliability.md from what they tried.
+reliability: setup
+	$(PY) -m tests.reliability
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info pathoai_memobs/*.so
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info pathoai_memobs/*.so pathoai_memobs/_assets

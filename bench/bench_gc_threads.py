@@ -1,8 +1,9 @@
 """The GC pause timer in a threaded process (target: collections/s and RSS within 10 % of
 no timer at all).
 
-Four threads make cyclic garbage for a few seconds, in a fresh interpreter per run: with
-no callback in ``gc.callbacks``, with our compiled timer, and with a no-op Python callback
+Four threads make cyclic garbage for a few seconds, in a fresh interpreter per run (each
+imports the library, so RSS compares like with like): with no callback in
+``gc.callbacks``, with our compiled timer, and with a no-op Python callback
 (what any Python timer costs: CPython may switch threads inside a collection while no
 other can start). Runs alternate; medians of the rounds.
 """
@@ -22,8 +23,8 @@ SECONDS = 4.0
 CHILD = r"""
 import gc, json, sys, threading, time
 mode, seconds = sys.argv[1], float(sys.argv[2])
+from pathoai_memobs.gc_pauses import COMPILED, GC_PAUSES  # imported by every variant alike
 if mode == "compiled":
-    from pathoai_memobs.gc_pauses import COMPILED, GC_PAUSES
     assert COMPILED and GC_PAUSES.install()
 elif mode == "python":
     gc.callbacks.append(lambda phase, info: None)

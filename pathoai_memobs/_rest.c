@@ -126,7 +126,7 @@ static int take(const files_t *f, sample_t *s) {
         int64_t usage, inactive = 0;
         ssize_t n = read_file(f->usage, buf, 64);
         if (n < 0) return -1;
-        if (!parse_int(buf, buf + n, &usage)) {
+        if (!parse_int(buf, buf + n, &usage) || usage < 0) { /* as the sampler: never negative */
             errno = EINVAL;
             return -1;
         }

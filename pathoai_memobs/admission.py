@@ -6,8 +6,8 @@ module keeps the state around it: the bytes reserved by admitted operations stil
 flight, the refusal count, the rate-limited ``request_rejected`` log and the retry hint.
 It does no I/O and starts no thread; the monitor hands it readings.
 
-The monitor records a reading and admits against it in one acquisition of its lock, so
-``admit_locked`` expects the caller to hold the lock it was given.
+The monitor records a reading and admits against it in one acquisition of ``lock`` (this
+part's, renewed in a forked child), so ``admit_locked`` expects the caller to hold it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from .exceptions import InsufficientMemoryError, ReadingUnavailableError
+from .forksafe import after_fork_in_child
 from .logging import REQUEST_REJECTED, WARNING, RateLimit, emit
 from .pressure import Level, admits, retry_after_s
 from .reading import Reading
@@ -25,18 +26,15 @@ from .units import MIB
 
 
 class Admission:
-    """Reserved bytes and refusals for one monitor; ``lock`` is the monitor's own."""
+    """Reserved bytes and refusals for one monitor; ``lock`` also guards its readings."""
 
     def __init__(
-        self,
-        floor_bytes: int,
-        interval_s: float,
-        lock: threading.Lock,
-        clock: Callable[[], float] = time.monotonic,
+        self, floor_bytes: int, interval_s: float, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.floor_bytes = floor_bytes
         self.interval_s = interval_s
-        self._lock = lock
+        self.lock = threading.Lock()
+        after_fork_in_child(self._forked)
         self._reserved = 0
         self._rejected = 0
         self._log = RateLimit(1.0, clock)
@@ -70,13 +68,16 @@ class Admission:
         max_age = max(1.0, 2 * self.interval_s)
         if last is not None and now - last.monotonic <= max_age:
             return last
-        with self._lock:
+        with self.lock:
             self._rejected += 1
         raise ReadingUnavailableError(type(error).__name__, retry_after_s=math.ceil(max_age))
 
+    def _forked(self) -> None:
+        self.lock = threading.Lock()  # a request thread may have held it at the fork
+
     def release(self, required: int) -> None:
         """Give back what an admitted ``hold`` took."""
-        with self._lock:
+        with self.lock:
             self._reserved -= required
 
     def refuse(
@@ -84,7 +85,7 @@ class Admission:
     ) -> InsufficientMemoryError:
         """Count and log (at most once a second, with how many were held back) one refusal,
         and build its error with the retry hint."""
-        with self._lock:
+        with self.lock:
             self._rejected += 1
         hint = retry_after_s(level, self.interval_s, cooldown_left_s)
         held = self._log.allow()

@@ -26,6 +26,7 @@ from .emergency import (
     run_plan,
     run_with_budget,
 )
+from .forksafe import after_fork_in_child
 from .logging import EMERGENCY_CLEANUP, WARNING, emit
 from .reading import Reading
 from .units import non_negative, positive
@@ -73,6 +74,11 @@ class EmergencyCleanup:
         self._totals = EmergencyTotals()
         self._runs: list[EmergencyRun] = []  # the last RUN_LOG runs
         self._runs_total = 0
+        after_fork_in_child(self._forked)
+
+    def _forked(self) -> None:
+        """In a forked child: the parent's worker did not come along, nor may its locks."""
+        self._lock, self._run_lock, self._worker = threading.Lock(), threading.Lock(), None
 
     # -- registry ---------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
+from .forksafe import after_fork_in_child
 from .logging import ERROR, MONITOR_ERROR, emit
 
 
@@ -15,6 +16,10 @@ class ErrorCounts:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
+        after_fork_in_child(self._forked)
+
+    def _forked(self) -> None:
+        self._lock = threading.Lock()
 
     def count(self, where: str, exc: BaseException) -> None:
         with self._lock:

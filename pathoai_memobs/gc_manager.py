@@ -78,11 +78,15 @@ class GarbageCollectionManager:
         timer: PauseTimer = GC_PAUSES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if aggressiveness not in LEVELS:
+        if not isinstance(aggressiveness, str) or aggressiveness not in LEVELS:
             raise ValueError(
                 f"unknown GC aggressiveness {aggressiveness!r}; valid: {', '.join(GC_LEVELS)}"
             )
-        if not 0 < max_gc_share <= 1:
+        if (
+            isinstance(max_gc_share, bool)
+            or not isinstance(max_gc_share, (int, float))
+            or not 0 < max_gc_share <= 1
+        ):
             raise ValueError(f"max_gc_share must be in (0, 1], got {max_gc_share!r}")
         self.aggressiveness: GCAggressiveness = aggressiveness  # type: ignore[assignment]
         self.level = LEVELS[aggressiveness]

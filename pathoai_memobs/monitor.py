@@ -11,7 +11,6 @@ EMERGENCY; otherwise memory is merely short for that size and nothing needs free
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -71,13 +70,12 @@ class MemoryMonitor:
         self.thresholds = Thresholds.from_config(config)
         self._sampler = sampler if sampler is not None else open_sampler(source, root, LIMIT_TTL_S)
         self.sessions = sessions
-        self._lock = threading.Lock()  # readings, level, reservations
         self._last: Reading | None = None
         self._level, self._last_good_wall, self._samples = Level.NORMAL, 0.0, 0
         self._errors = ErrorCounts()
         self._psi = CachedPsi.for_sampler(self._sampler, root, PSI_TTL_S, clock)
         interval = config.monitoring_interval_sec
-        self._admission = Admission(self.thresholds.floor_bytes, interval, self._lock, clock)
+        self._admission = Admission(self.thresholds.floor_bytes, interval, clock)  # and its lock
         self._cleanup = EmergencyCleanup(
             sample=self.sample,
             target_bytes=self.thresholds.restored_bytes,
@@ -114,7 +112,7 @@ class MemoryMonitor:
     def _observe(self, reading: Reading, required: int = 0, hold: bool = False) -> tuple[bool, int]:
         """Record ``reading``, move the level, and under the same lock admit ``required``
         bytes (held when ``hold``): (admitted, bytes reserved before)."""
-        with self._lock:
+        with self._admission.lock:  # the reading, the level and admission at once
             previous = self._level
             level = classify(reading.used_ratio, reading.available_bytes, self.thresholds, previous)
             self._level, self._last, self._last_good_wall = level, reading, reading.timestamp

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
 
+from .forksafe import after_fork_in_child
 from .pressure import (
     Level,
     RestBand,
@@ -95,6 +96,15 @@ class SamplingLoop:
         # Rest samples not in the compiled loop's own count (the Python loop's, less those the
         # full step recounts); written by the background thread alone.
         self._rest_samples = 0
+        after_fork_in_child(self._forked)
+
+    def _forked(self) -> None:
+        """In a forked child the thread is gone, and its kick pipe and kernel registrations
+        are the parent's: drop the child's copies, so ``start()`` here builds its own."""
+        self._thread_lock, self._thread, self._stopping = threading.Lock(), None, threading.Event()
+        wakeups, self._wakeups, self.native = self._wakeups, None, None
+        if wakeups is not None:
+            wakeups.close()  # closes this process's copies only
 
     # -- what the monitor reads -------------------------------------------------------------
 

@@ -23,13 +23,14 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Final, Literal
 
 from .config import MemoryConfig
 from .exceptions import SessionMemoryLimitError, SessionNotFoundError
 from .exporters.catalogue import REMOVAL_REASONS
-from .logging import ERROR, INFO, SESSION_HOOK_FAILED, SESSION_REMOVED, emit, raised_at
+from .forksafe import after_fork_in_child
 from .session_accounting import SessionRecord, apply, measure_from_scratch, recount
+from .session_hooks import RemovalHook, RemovalHooks, Removed
 from .session_sweeper import Sweeper
 from .session_top import TopSessions
 from .sizeof import Charges, measure
@@ -37,7 +38,6 @@ from .units import GIB, positive
 
 __all__ = ["GIB", "SessionAggregates", "SessionData", "SessionManager", "fingerprint"]
 RemovalReason = Literal["timeout", "explicit", "emergency"]
-RemovalHook = Callable[[str, Mapping[str, Any], str], None]
 
 #: Upper bounds (bytes) of the session-size distribution, 1 MiB to 16 GiB.
 SIZE_BUCKETS: Final[tuple[int, ...]] = tuple(1 << p for p in range(20, 35, 2))
@@ -84,16 +84,6 @@ class SessionAggregates:
     hook_failures_total: int
 
 
-class Removed(NamedTuple):
-    """A session just taken out of the tables, whose hooks are still to run."""
-
-    sid: str
-    data: Mapping[str, Any]
-    reason: str
-    fp: str
-    nbytes: int
-
-
 def _bucket(nbytes: int) -> int:
     return bisect.bisect_left(SIZE_BUCKETS, nbytes)
 
@@ -123,17 +113,17 @@ class SessionManager:
         self._wall = wall_clock
         self._lock = threading.RLock()
         self._sessions: dict[str, SessionRecord] = {}
-        self._hooks: list[RemovalHook] = []
+        self._hooks = RemovalHooks()
         self._total_host = 0
         self._total_device = 0
         self._buckets = [0] * (len(SIZE_BUCKETS) + 1)
         self._created = 0
         self._removed: collections.Counter[str] = collections.Counter()
-        self._hook_failures = 0
         self._sweeper = Sweeper(
             self.cleanup_inactive_sessions, name="pathoai-session-sweeper", where="session_sweep"
         )
         self._top = TopSessions(top_k, self._sessions)
+        after_fork_in_child(self._forked)
 
     @classmethod
     def from_config(cls, config: MemoryConfig, **kwargs: Any) -> SessionManager:
@@ -176,7 +166,7 @@ class SessionManager:
                     raise SessionMemoryLimitError(new_host, self.max_memory_bytes, session.fp)
                 self._apply(session, data, measured, new_host, new_device)
         if expired is not None:
-            self._run_hooks(expired)
+            self._hooks.run(expired)
         if session is None:
             raise SessionNotFoundError()
 
@@ -193,7 +183,7 @@ class SessionManager:
             else:
                 self._touch(session, now)
                 return self._view(session)
-        self._run_hooks(expired)
+        self._hooks.run(expired)
         return None
 
     def delete_session(self, session_id: str) -> bool:
@@ -203,7 +193,7 @@ class SessionManager:
             if session is None:
                 return False
             removed = self._detach(session, "explicit")
-        self._run_hooks(removed)
+        self._hooks.run(removed)
         return True
 
     def cleanup_inactive_sessions(self) -> int:
@@ -215,7 +205,7 @@ class SessionManager:
                 for s in list(self._sessions.values())
                 if self._expired(s, now)
             ]
-        self._run_all(removed)
+        self._hooks.run_all(removed)
         return len(removed)
 
     # -- beyond the reference ---------------------------------------------------------------
@@ -232,7 +222,7 @@ class SessionManager:
                 session = None
         if session is None:
             if expired is not None:
-                self._run_hooks(expired)
+                self._hooks.run(expired)
             raise SessionNotFoundError()
         with self._lock:
             if self._sessions.get(session_id) is not session:  # removed in between
@@ -250,7 +240,7 @@ class SessionManager:
     def on_remove(self, callback: RemovalHook) -> None:
         """Call ``callback(session_id, data, reason)`` on every removal (outside the lock)."""
         with self._lock:
-            self._hooks.append(callback)
+            self._hooks.add(callback)
 
     def evict_least_recently_used(
         self, bytes_needed: int, *, reason: RemovalReason = "emergency"
@@ -276,7 +266,7 @@ class SessionManager:
                     break
                 freed += session.host
                 removed.append(self._detach(session, reason))
-        self._run_all(removed)
+        self._hooks.run_all(removed)
         return freed
 
     def __len__(self) -> int:
@@ -297,7 +287,7 @@ class SessionManager:
             active = len(self._sessions)
             buckets = tuple(self._buckets)
             total, device = self._total_host, self._total_device
-            created, removed, failures = self._created, dict(self._removed), self._hook_failures
+            created, removed, failures = self._created, dict(self._removed), self._hooks.failures
         return SessionAggregates(
             active=active,
             total_bytes=total,
@@ -330,6 +320,13 @@ class SessionManager:
         self._sweeper.stop(timeout_s)
 
     # -- internals --------------------------------------------------------------------------
+
+    def _forked(self) -> None:
+        """In a forked child: a request thread may have held the lock; the sweeper is gone."""
+        self._lock = threading.RLock()
+        self._sweeper = Sweeper(
+            self.cleanup_inactive_sessions, name="pathoai-session-sweeper", where="session_sweep"
+        )
 
     def _expired(self, session: SessionRecord, now: float) -> bool:
         return session.pins == 0 and now - session.last_mono > self.timeout_s
@@ -381,41 +378,3 @@ class SessionManager:
         return Removed(
             session.sid, MappingProxyType(session.data), reason, session.fp, session.host
         )
-
-    def _run_all(self, removed: list[Removed]) -> None:
-        """Every removed session's hooks, even when one raises KeyboardInterrupt or
-        SystemExit: that is re-raised once all have run."""
-        interrupt: BaseException | None = None
-        for item in removed:
-            try:
-                self._run_hooks(item)
-            except BaseException as exc:
-                interrupt = interrupt or exc
-        if interrupt is not None:
-            raise interrupt
-
-    def _run_hooks(self, removed: Removed) -> None:
-        """Each hook for one removal; a failing hook is counted and logged by type and place
-        only: its message may hold the id (``KeyError(sid)``), so neither it nor the
-        traceback is logged. KeyboardInterrupt/SystemExit wait until the others ran."""
-        fp, reason = removed.fp, removed.reason
-        emit(INFO, SESSION_REMOVED, session=fp, reason=reason, bytes=removed.nbytes)
-        interrupt: BaseException | None = None
-        for hook in list(self._hooks):
-            try:
-                hook(removed.sid, removed.data, reason)
-            except Exception as exc:
-                with self._lock:
-                    self._hook_failures += 1
-                emit(
-                    ERROR,
-                    SESSION_HOOK_FAILED,
-                    session=fp,
-                    reason=reason,
-                    error=type(exc).__name__,
-                    where=raised_at(exc),
-                )
-            except BaseException as exc:
-                interrupt = interrupt or exc
-        if interrupt is not None:
-            raise interrupt

@@ -46,3 +46,14 @@ def monitors() -> Iterator[list[MemoryMonitor]]:
     yield made
     for m in made:
         m.stop()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Write the reliability counts where ``python -m tests.reliability`` asked for them."""
+    import os
+
+    target = os.environ.get("PATHOAI_RELIABILITY_OUT")
+    if target:
+        from .reliability import write
+
+        write(target)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from pathoai_memobs import InsufficientMemoryError, MemoryConfig, MemoryMonitor
@@ -56,9 +54,8 @@ def test_rejection_disabled_returns_false() -> None:
 
 def test_admission_holds_releases_and_refuses_without_a_monitor() -> None:
     now = [0.0]
-    lock = threading.Lock()
-    a = Admission(500 * MIB, 1.0, lock, clock=lambda: now[0])
-    with lock:
+    a = Admission(500 * MIB, 1.0, clock=lambda: now[0])
+    with a.lock:
         assert a.admit_locked(Level.NORMAL, GIB, 300 * MIB, hold=True) == (True, 0)
         assert a.admit_locked(Level.NORMAL, GIB, 300 * MIB, hold=True) == (False, 300 * MIB)
         assert a.admit_locked(Level.NORMAL, GIB, 224 * MIB, hold=False) == (True, 300 * MIB)
@@ -79,7 +76,7 @@ def test_refusals_are_logged_once_a_second_with_how_many_were_held(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     now = [100.0]
-    a = Admission(500 * MIB, 1.0, threading.Lock(), clock=lambda: now[0])
+    a = Admission(500 * MIB, 1.0, clock=lambda: now[0])
     reading = combine(2 * GIB, 600 * MIB, None, None, None, 0, 0.0, 0.0)
     for _ in range(5):
         a.refuse(300 * MIB, reading, 0, Level.NORMAL, 0.0)

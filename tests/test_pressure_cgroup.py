@@ -17,9 +17,11 @@ GIB = 1 << 30
 WORKLOAD = str(Path(__file__).parent / "workloads" / "session_flood.py")
 
 
-def run(group: MemoryCgroup, *args: str) -> tuple[int, str, str]:
+def run(group: MemoryCgroup, *args: str, workload: str = WORKLOAD) -> tuple[int, str, str]:
+    """Run a workload script in ``group`` (the session flood for 12 users by default)."""
+    argv = [*args] if workload != WORKLOAD else ["--users", "12", *args]
     proc = group.popen(
-        [sys.executable, WORKLOAD, "--users", "12", *args],
+        [sys.executable, workload, *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -75,20 +77,9 @@ def test_cleanup_keeps_up_with_a_process_that_keeps_allocating(
     defaults: the old 5 s cooldown after any run let this reach the OOM killer (it did, side
     by side, where this passes). A run that frees something no longer holds the next one."""
     group = make_cgroup(1 * GIB)
-    workload = str(Path(__file__).parent / "workloads" / "steady_alloc.py")
-    proc = group.popen(
-        [sys.executable, workload, "--seconds", "20", "--every", "0.2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, (proc.returncode, err[-2000:])
+    steady = str(Path(__file__).parent / "workloads" / "steady_alloc.py")
+    code, out, err = run(group, "--seconds", "20", "--every", "0.2", workload=steady)
+    assert code == 0, (code, err[-2000:])
     assert group.oom_kills() == 0
     r = json.loads(out.splitlines()[-1])
     assert r["stored"] * 64 > 1500  # far more than the cgroup could ever hold at once

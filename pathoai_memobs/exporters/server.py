@@ -140,6 +140,10 @@ def start_http_server(
     TLS), and ``basic_auth=(user, password)`` asks for HTTP basic credentials.
     ``port=0`` picks a free port (read it back from ``.port``).
     """
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be an integer 0-65535, got {port!r}")
+    if not isinstance(addr, str):
+        raise TypeError(f"addr must be a string, got {addr!r}")
     context = _tls_context(certfile, keyfile, client_cafile, client_auth_required)
     app = _guarded(_prom_wsgi_app(registry), _credentials(basic_auth))
     server_class: type[_Server] = _Server

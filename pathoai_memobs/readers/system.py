@@ -91,6 +91,8 @@ class MemorySampler:
             cgroup = self.cgroup
             assert cgroup is not None  # a limit comes only from a cgroup's files
             usage = int(_pread(self._usage_fd, 64, 0))
+            if usage < 0:  # as _rest.c: no usage is negative, so the text is garbage
+                raise ValueError(f"a negative cgroup usage: {usage}")
             inactive = inactive_file(_pread(self._stat_fd, 8192, 0), cgroup.inactive_key)
             working_set = usage - inactive if inactive < usage else 0
             source = cgroup.source
