@@ -158,3 +158,38 @@ def test_assets_into_a_file_is_one_line_and_exit_1(tmp_path: object) -> None:
     target.write_text("x")
     out = _run("assets", "--out", str(target))
     assert out.returncode == 1 and "not a folder" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_stack_stops_everything_on_sigterm_and_removes_its_directory() -> None:
+    import pathlib
+    import signal
+    import time
+    import urllib.request
+
+    from .promstack import binary, free_port
+
+    binary("prometheus")
+    binary("prometheus-alertmanager", "alertmanager")
+    prom, am = free_port(), free_port()
+    argv = [sys.executable, "-m", "pathoai_memobs", "stack", "--target", "127.0.0.1:9"]
+    argv += ["--prometheus-port", str(prom), "--alertmanager-port", str(am)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(4)]
+        workdir = next(line.split()[1] for line in lines if line.startswith("workdir"))
+        assert pathlib.Path(workdir).is_dir()
+        proc.send_signal(signal.SIGTERM)  # no --duration: only the signal ends it
+        out, err = proc.communicate(timeout=60)
+    finally:
+        terminate(proc)
+    assert proc.returncode == 0, err
+    assert "stack stopped" in out
+    assert not pathlib.Path(workdir).exists()
+    time.sleep(0.5)
+    for port in (prom, am):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2)
+            raise AssertionError(f"port {port} still served after SIGTERM")
+        except OSError:
+            pass

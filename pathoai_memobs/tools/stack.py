@@ -9,11 +9,12 @@ rules and routing come from ``assets``, so an installed wheel runs it without a 
 from __future__ import annotations
 
 import json
-import math
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -167,26 +168,37 @@ def main(
     duration: float,
     out: TextIO = sys.stdout,
 ) -> int:
-    """Start Prometheus and Alertmanager pointed at ``target``; stop them on Ctrl-C."""
+    """Start Prometheus and Alertmanager pointed at ``target``; stop them, and remove their
+    temporary directory, on Ctrl-C, SIGTERM or when ``duration`` (0: never) runs out."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOP_SIGNALS}
     try:
-        stack = Stack(target, prometheus_port=prometheus_port, alertmanager_port=alertmanager_port)
-    except StackError as exc:
-        print(f"stack: {exc}", file=sys.stderr)
-        return 1
-    try:
-        urls = stack.urls()
-        print(f"prometheus    {urls['prometheus']}  (scraping {target}, rules loaded)", file=out)
-        print(f"alertmanager  {urls['alertmanager']}", file=out)
-        grafana = assets.root() / "grafana" / "provisioning"
-        if grafana.exists():
-            print(f"grafana       point your Grafana's provisioning at {grafana}", file=out)
-        print("Ctrl-C stops everything.", file=out, flush=True)
-        deadline = time.monotonic() + duration if duration > 0 else math.inf
-        while time.monotonic() < deadline:
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
+        try:
+            stack = Stack(
+                target, prometheus_port=prometheus_port, alertmanager_port=alertmanager_port
+            )
+        except StackError as exc:
+            print(f"stack: {exc}", file=sys.stderr)
+            return 1
+        try:
+            urls = stack.urls()
+            print(
+                f"prometheus    {urls['prometheus']}  (scraping {target}, rules loaded)", file=out
+            )
+            print(f"alertmanager  {urls['alertmanager']}", file=out)
+            grafana = assets.root() / "grafana" / "provisioning"
+            if grafana.exists():
+                print(f"grafana       point your Grafana's provisioning at {grafana}", file=out)
+            print(f"workdir       {stack.dir} (removed on stop)", file=out)
+            print("Ctrl-C or SIGTERM stops everything.", file=out, flush=True)
+            stop.wait(duration if duration > 0 else None)
+        finally:
+            stack.stop()
     finally:
-        stack.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print("stack stopped", file=out, flush=True)
     return 0
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
