@@ -166,3 +166,58 @@ def test_route_amounts_beyond_any_memory_are_refused() -> None:
         RouteTable.compile({"/x": 2**2000})
     with pytest.raises(ValueError):
         RouteTable.compile({"/x": 1e303})
+
+
+def _raising_app() -> Starlette:
+    from pathoai_memobs import SessionManager
+    from pathoai_memobs.integrations.asgi import MemoryErrorMiddleware
+
+    sessions = SessionManager(max_memory_gb=0.001)
+    monitor = MemoryMonitor(MemoryConfig(), sampler=Settable(600 * MIB), emergency_cooldown_s=60)
+
+    async def reserve(request: Request) -> JSONResponse:
+        with monitor.reserve(300):  # inside the handler, not by the admission middleware
+            return JSONResponse({"ok": True})
+
+    async def gone(request: Request) -> JSONResponse:
+        with sessions.use("no-such-session"):
+            return JSONResponse({"ok": True})
+
+    async def too_big(request: Request) -> JSONResponse:
+        sid = sessions.create_session()
+        sessions.update_session(sid, blob=bytes(4 * MIB))
+        return JSONResponse({"ok": True})
+
+    async def bug(request: Request) -> JSONResponse:
+        raise RuntimeError("not ours")
+
+    app = Starlette(
+        routes=[Route(f"/{f.__name__}", f) for f in (reserve, gone, too_big, bug)]
+    )  # fmt: skip
+    app.add_middleware(MemoryErrorMiddleware)
+    return app
+
+
+def test_library_errors_raised_in_handlers_become_http_answers() -> None:
+    with TestClient(_raising_app(), raise_server_exceptions=False) as client:
+        r = client.get("/reserve")
+        assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+        r = client.get("/gone")
+        assert r.status_code == 404 and r.json()["error"] == "session_not_found"
+        r = client.get("/too_big")
+        assert r.status_code == 413 and r.json()["error"] == "session_memory_limit"
+        assert client.get("/bug").status_code == 500  # not ours: left alone
+
+
+def test_wsgi_library_errors_become_http_answers() -> None:
+    from pathoai_memobs import SessionNotFoundError
+    from pathoai_memobs.integrations.wsgi import MemoryErrorMiddleware
+
+    def app(environ: dict[str, object], start_response: object) -> list[bytes]:
+        raise SessionNotFoundError()
+
+    seen: list[str] = []
+    body = MemoryErrorMiddleware(app)(
+        {}, lambda status, headers, exc_info=None: seen.append(status)
+    )
+    assert seen == ["404 Not Found"] and b"session_not_found" in b"".join(body)

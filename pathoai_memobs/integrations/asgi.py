@@ -1,13 +1,14 @@
-"""ASGI admission middleware (Starlette, FastAPI, Gradio): 503 + Retry-After when short."""
+"""ASGI middleware (Starlette, FastAPI, Gradio): admission (503 + Retry-After when short)
+and the mapping of library errors raised anywhere in the app to HTTP answers."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
-from ..exceptions import InsufficientMemoryError
+from ..exceptions import InsufficientMemoryError, MemoryManagementError
 from ..monitor import MemoryMonitor
-from .routes import RouteTable, refusal
+from .routes import Answer, RouteTable, error_answer, refusal
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -40,17 +41,46 @@ class MemoryAdmissionMiddleware:
         try:
             reservation.__enter__()
         except InsufficientMemoryError as exc:
-            status, headers, body = refusal(exc)
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": [(k.encode(), v.encode()) for k, v in headers],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await _answer(send, refusal(exc))
             return
         try:
             await self.app(scope, receive, send)
         finally:
             reservation.__exit__(None, None, None)
+
+
+async def _answer(send: Send, answer: Answer) -> None:
+    status, headers, body = answer
+    raw = [(k.encode(), v.encode()) for k, v in headers]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class MemoryErrorMiddleware:
+    """Library errors raised by a handler become answers, wherever they are raised:
+    ``InsufficientMemoryError`` (``monitor.reserve()`` inside a handler) 503 with
+    Retry-After, ``SessionNotFoundError`` 404, ``SessionMemoryLimitError`` 413. Add it
+    outermost: ``app.add_middleware(MemoryErrorMiddleware)`` after the others. An error
+    after the response started cannot be answered and goes on as raised."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking)
+        except MemoryManagementError as exc:
+            answer = error_answer(exc)
+            if answer is None or started:
+                raise
+            await _answer(send, answer)

@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..exceptions import InsufficientMemoryError
+from ..exceptions import InsufficientMemoryError, SessionMemoryLimitError, SessionNotFoundError
 from ..units import to_bytes_mb
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -65,20 +65,47 @@ class RouteTable:
         return None
 
 
-def refusal(exc: InsufficientMemoryError) -> tuple[int, list[tuple[str, str]], bytes]:
-    """The 503 answer: status, headers (with Retry-After) and a small JSON body."""
-    retry = max(1, round(exc.retry_after_s or 1))
-    body = json.dumps(
-        {
-            "error": "insufficient_memory",
-            "detail": "the service is short of memory; retry later",
-            "retry_after_s": retry,
-        }
-    ).encode()
+Answer = tuple[int, list[tuple[str, str]], bytes]
+REASONS = {404: "Not Found", 413: "Content Too Large", 503: "Service Unavailable"}
+
+
+def _json(status: int, doc: dict[str, object], *extra: tuple[str, str]) -> Answer:
+    body = json.dumps(doc).encode()
     headers = [
         ("content-type", "application/json"),
-        ("retry-after", str(retry)),
+        *extra,
         ("content-length", str(len(body))),
         ("cache-control", "no-store"),
     ]
-    return 503, headers, body
+    return status, headers, body
+
+
+def error_answer(exc: BaseException) -> Answer | None:
+    """The HTTP answer for a library error raised while handling a request, or None for
+    anything else: short of memory 503 with Retry-After, an unknown or expired session 404,
+    a session over its memory limit 413. No body names a session id."""
+    if isinstance(exc, InsufficientMemoryError):
+        return refusal(exc)
+    if isinstance(exc, SessionNotFoundError):
+        return _json(404, {"error": "session_not_found", "detail": str(exc)})
+    if isinstance(exc, SessionMemoryLimitError):
+        return _json(
+            413,
+            {
+                "error": "session_memory_limit",
+                "detail": "the session would exceed its memory limit",
+                "limit_bytes": exc.limit_bytes,
+            },
+        )
+    return None
+
+
+def refusal(exc: InsufficientMemoryError) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The 503 answer: status, headers (with Retry-After) and a small JSON body."""
+    retry = max(1, round(exc.retry_after_s or 1))
+    doc = {
+        "error": "insufficient_memory",
+        "detail": "the service is short of memory; retry later",
+        "retry_after_s": retry,
+    }
+    return _json(503, doc, ("retry-after", str(retry)))

@@ -1,19 +1,19 @@
-"""WSGI admission middleware (Flask, Django, gunicorn sync workers): 503 + Retry-After."""
+"""WSGI middleware (Flask, Django, gunicorn sync workers): admission (503 + Retry-After) and
+the mapping of library errors raised by the app to HTTP answers."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
-from ..exceptions import InsufficientMemoryError
+from ..exceptions import InsufficientMemoryError, MemoryManagementError
 from ..monitor import MemoryMonitor
-from .routes import RouteTable, refusal
+from .routes import REASONS, RouteTable, error_answer, refusal
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
-
-_REASON = {503: "Service Unavailable"}
 
 
 class _Releasing:
@@ -56,7 +56,7 @@ class MemoryAdmissionMiddleware:
             reservation.__enter__()
         except InsufficientMemoryError as exc:
             status, headers, body = refusal(exc)
-            start_response(f"{status} {_REASON[status]}", headers)
+            start_response(f"{status} {REASONS[status]}", headers)
             return [body]
         try:
             result = self.app(environ, start_response)
@@ -64,3 +64,25 @@ class MemoryAdmissionMiddleware:
             reservation.__exit__(None, None, None)
             raise
         return _Releasing(result, reservation)
+
+
+class MemoryErrorMiddleware:
+    """Library errors raised by the app become answers: ``InsufficientMemoryError`` 503
+    with Retry-After, ``SessionNotFoundError`` 404, ``SessionMemoryLimitError`` 413.
+    ``app.wsgi_app = MemoryErrorMiddleware(app.wsgi_app)``. Flask and Django turn
+    exceptions into 500s themselves: register ``error_answer`` with their error handlers
+    there, or wrap the view functions; this middleware sees what reaches the server."""
+
+    def __init__(self, app: WSGIApp) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            return self.app(environ, start_response)
+        except MemoryManagementError as exc:
+            answer = error_answer(exc)
+            if answer is None:
+                raise
+            status, headers, body = answer
+            start_response(f"{status} {REASONS[status]}", headers, sys.exc_info())
+            return [body]
