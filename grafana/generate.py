@@ -442,11 +442,12 @@ def overview() -> dict[str, Any]:
     )
     lay.add(
         timeseries(
-            "Monitor: last sample age",
+            "Monitor: last sample age (at scrape)",
             "s",
             [
-                target(
-                    f"time() - pathoai_monitor_last_sample_timestamp_seconds{{{SEL}}}",
+                target(  # the age when scraped, as PathoAIMonitorStale reads it
+                    f"timestamp(pathoai_monitor_last_sample_timestamp_seconds{{{SEL}}})"
+                    f" - pathoai_monitor_last_sample_timestamp_seconds{{{SEL}}}",
                     "{{instance}}",
                 ),
                 target(
