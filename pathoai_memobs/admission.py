@@ -12,17 +12,33 @@ part's, renewed in a forked child), so ``admit_locked`` expects the caller to ho
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
+from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable
 
+from .emergency import DURATION_BUCKETS
 from .exceptions import InsufficientMemoryError, ReadingUnavailableError
 from .forksafe import after_fork_in_child
 from .logging import REQUEST_REJECTED, WARNING, RateLimit, emit
 from .pressure import Level, admits, retry_after_s
 from .reading import Reading
 from .units import MIB
+
+
+class WaitStats:
+    """How long holds waited in line: a histogram (``emergency.DURATION_BUCKETS``) by outcome."""
+
+    def __init__(self) -> None:
+        self.buckets = {o: [0] * (len(DURATION_BUCKETS) + 1) for o in ("admitted", "timeout")}
+        self.sum_s = {"admitted": 0.0, "timeout": 0.0}
+
+    def record(self, outcome: str, waited_s: float) -> None:
+        self.buckets[outcome][bisect_left(DURATION_BUCKETS, waited_s)] += 1
+        self.sum_s[outcome] += waited_s
 
 
 class Admission:
@@ -34,10 +50,16 @@ class Admission:
         self.floor_bytes = floor_bytes
         self.interval_s = interval_s
         self.lock = threading.Lock()
+        self._changed = threading.Condition(self.lock)  # a release, or the line moved
         after_fork_in_child(self._forked)
         self._reserved = 0
         self._rejected = 0
+        self._requests = 0
         self._log = RateLimit(1.0, clock)
+        self._line: deque[int] = deque()  # tickets of the holds waiting, first come first
+        self._tickets = itertools.count(1)
+        self._hold_s = 1.0  # how long a hold lasts, on average (EWMA): the retry hint's unit
+        self.waits = WaitStats()
 
     @property
     def reserved_bytes(self) -> int:
@@ -49,18 +71,70 @@ class Admission:
         """Operations refused since start."""
         return self._rejected
 
+    @property
+    def requests_total(self) -> int:
+        """Admission decisions asked for since start (admitted or refused, each counted once)."""
+        return self._requests
+
+    @property
+    def queue_length(self) -> int:
+        """Holds waiting in line now."""
+        return len(self._line)
+
+    def count_request(self) -> None:
+        with self.lock:
+            self._requests += 1
+
     def admit_locked(
-        self, level: Level, available_bytes: int, required: int, *, hold: bool
+        self, level: Level, available_bytes: int, required: int, *, hold: bool, ticket: int = 0
     ) -> tuple[bool, int]:
         """Decide for ``required`` bytes (holding them when admitted and ``hold``); the
-        caller holds the lock. (admitted, bytes reserved before this one)."""
+        caller holds the lock. A hold waits its turn: while others wait in line, only the
+        first in line (``ticket``) may be admitted, so a stream of small requests never
+        starves a large one. (admitted, bytes reserved before this one)."""
         reserved = self._reserved
+        line = self._line
+        if hold and line and line[0] != ticket:
+            return False, reserved
         admitted = level is not Level.EMERGENCY and admits(
             available_bytes, reserved, required, self.floor_bytes
         )
         if admitted and hold:
             self._reserved = reserved + required
+            if line and line[0] == ticket:
+                line.popleft()
+                self._changed.notify_all()
         return admitted, reserved
+
+    def join(self) -> int:
+        """A place at the end of the line; its ticket."""
+        with self.lock:
+            ticket = next(self._tickets)
+            self._line.append(ticket)
+            return ticket
+
+    def position(self, ticket: int) -> int:
+        """How many wait before ``ticket`` (-1 when it is not in line)."""
+        with self.lock:
+            line = self._line
+            return line.index(ticket) if ticket in line else -1
+
+    def leave(self, ticket: int) -> None:
+        """Give up a place (the wait ran out); the others move up."""
+        with self.lock:
+            if ticket in self._line:
+                self._line.remove(ticket)
+                self._changed.notify_all()
+
+    def wait_for_change(self, timeout_s: float) -> None:
+        """Sleep until memory is released or the line moves, at most ``timeout_s``."""
+        with self._changed:
+            self._changed.wait(timeout_s)
+
+    def retry_hint_s(self, ahead: int) -> int:
+        """Whole seconds until a refused hold is likely to fit: the average hold for each
+        one in line before it, and its own turn (1 s to 60 s)."""
+        return max(1, min(60, math.ceil(self._hold_s * (ahead + 1))))
 
     def fallback(self, last: Reading | None, now: float, error: BaseException) -> Reading:
         """The reading to admit on when a fresh one failed: the last good one while it is at
@@ -74,20 +148,35 @@ class Admission:
 
     def _forked(self) -> None:
         self.lock = threading.Lock()  # a request thread may have held it at the fork
+        self._changed = threading.Condition(self.lock)
+        self._line.clear()  # the parent's waiters did not come along
 
-    def release(self, required: int) -> None:
-        """Give back what an admitted ``hold`` took."""
+    def release(self, required: int, held_s: float | None = None) -> None:
+        """Give back what an admitted ``hold`` took (held for ``held_s``, when known)."""
         with self.lock:
             self._reserved -= required
+            if held_s is not None:
+                self._hold_s += 0.2 * (held_s - self._hold_s)
+            self._changed.notify_all()
 
     def refuse(
-        self, required: int, reading: Reading, reserved: int, level: Level, cooldown_left_s: float
+        self,
+        required: int,
+        reading: Reading,
+        reserved: int,
+        level: Level,
+        cooldown_left_s: float,
+        *,
+        ahead: int = -1,
     ) -> InsufficientMemoryError:
         """Count and log (at most once a second, with how many were held back) one refusal,
-        and build its error with the retry hint."""
+        and build its error with the retry hint: from the line when it waited in one
+        (``ahead`` were before it), else from the level."""
         with self.lock:
             self._rejected += 1
         hint = retry_after_s(level, self.interval_s, cooldown_left_s)
+        if ahead >= 0 and level is not Level.EMERGENCY:
+            hint = max(hint, self.retry_hint_s(ahead))
         held = self._log.allow()
         if held is not None:
             emit(

@@ -37,6 +37,7 @@ _POSITIVE_FIELDS: Final = (
     "session_cleanup_interval_minutes",
     "monitoring_interval_sec",
     "emergency_cleanup_threshold_mb",
+    "session_idle_free_minutes",
 )
 _GC_THRESHOLD_FIELDS: Final = ("gc_threshold_gen0", "gc_threshold_gen1", "gc_threshold_gen2")
 #: The real bounds of each positive field: past them a value overflows later (a byte count
@@ -48,6 +49,7 @@ _UPPER: Final[Mapping[str, float]] = MappingProxyType(
         "session_timeout_minutes": 1e8,  # about 190 years
         "session_cleanup_interval_minutes": 1e8,
         "monitoring_interval_sec": 86400.0,
+        "session_idle_free_minutes": 1e8,
     }
 )
 #: gc.set_threshold takes a C int.
@@ -107,6 +109,9 @@ class MemoryConfig:
     enable_proactive_gc: bool = DEFAULTS.enable_proactive_gc
     proactive_gc_threshold: float = DEFAULTS.proactive_gc_threshold
     enable_request_rejection: bool = DEFAULTS.enable_request_rejection
+    #: Beyond the reference: sessions idle this long may be freed (least recently used
+    #: first) to admit a request that does not fit, before it is refused.
+    session_idle_free_minutes: float = 5.0
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

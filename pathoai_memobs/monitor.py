@@ -12,8 +12,8 @@ EMERGENCY; otherwise memory is merely short for that size and nothing needs free
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import TYPE_CHECKING
 
 from .admission import Admission
@@ -21,16 +21,16 @@ from .config import MemoryConfig
 from .emergency import EmergencyRun, EmergencyTotals
 from .emergency_cleanup import EmergencyCleanup
 from .errors import ErrorCounts
+from .gate import AdmissionGate
 from .level_actions import LevelActions, log_level_change
 from .pressure import Level, Thresholds, classify, headroom_bytes
 from .readers.psi import CachedPsi, Pressure
 from .readers.select import open_sampler
 from .reading import MemoryMetrics, Reading
 from .sampling_loop import Sampler, SamplingLoop
-from .units import to_bytes_mb
+from .units import non_negative, to_bytes_mb
 
 if TYPE_CHECKING:
-    from .exceptions import InsufficientMemoryError
     from .gc_manager import GarbageCollectionManager
     from .session_manager import SessionManager
 
@@ -100,6 +100,18 @@ class MemoryMonitor:
             native=native,
             clock=clock,
         )
+        self._gate = AdmissionGate(
+            sample=self._sampler.sample,
+            last=lambda: self._last,
+            observe=self._observe,
+            level=lambda: self._level,
+            admission=self._admission,
+            errors=self._errors,
+            sessions=lambda: self.sessions,
+            cooldown_left_s=self._cleanup.cooldown_left_s,
+            start_cleanup=self._cleanup.start,
+            idle_free_s=config.session_idle_free_minutes * 60,
+        )
         if config.enable_background_monitoring:
             self.start()
 
@@ -109,7 +121,9 @@ class MemoryMonitor:
         self._observe(reading)
         return reading
 
-    def _observe(self, reading: Reading, required: int = 0, hold: bool = False) -> tuple[bool, int]:
+    def _observe(
+        self, reading: Reading, required: int = 0, hold: bool = False, ticket: int = 0
+    ) -> tuple[bool, int]:
         """Record ``reading``, move the level, and under the same lock admit ``required``
         bytes (held when ``hold``): (admitted, bytes reserved before)."""
         with self._admission.lock:  # the reading, the level and admission at once
@@ -118,7 +132,7 @@ class MemoryMonitor:
             self._level, self._last, self._last_good_wall = level, reading, reading.timestamp
             self._samples += 1
             admitted, reserved = self._admission.admit_locked(
-                level, reading.available_bytes, required, hold=hold
+                level, reading.available_bytes, required, hold=hold, ticket=ticket
             )
         if level is not previous:
             log_level_change(previous, level, reading)
@@ -172,8 +186,6 @@ class MemoryMonitor:
         """Errors the monitor survived, by where they happened (sample, action, ...)."""
         return self._errors.totals()
 
-    # -- admission (a failed reading: the last good one within two intervals, else refused) --
-
     @property
     def reserved_bytes(self) -> int:
         """Bytes held by reservations in flight."""
@@ -188,45 +200,35 @@ class MemoryMonitor:
     def requests_rejected_total(self) -> int:
         return self._admission.rejected_total
 
+    @property
+    def admission(self) -> Admission:
+        """The admission part: requests, refusals, the line and its waits (for exporters)."""
+        return self._admission
+
     def check_memory_available(self, required_mb: float) -> bool:
-        """True when ``required_mb`` MiB fit above the emergency floor. Otherwise, or while
-        EMERGENCY: ``InsufficientMemoryError`` (with a retry hint) when request rejection is
-        enabled (the default), else False. Bad input raises ValueError."""
-        error = self._admit(to_bytes_mb(required_mb), hold=False)
+        """True when ``required_mb`` MiB fit above the emergency floor (after freeing idle
+        sessions, see gate.py). Otherwise, or while EMERGENCY: ``InsufficientMemoryError``
+        (with a retry hint) when request rejection is enabled (the default), else False.
+        Bad input raises ValueError."""
+        error = self._gate.admit(to_bytes_mb(required_mb), hold=False)
         if error is not None and self.config.enable_request_rejection:
             raise error
         return error is None
 
-    @contextmanager
-    def reserve(self, required_mb: float) -> Iterator[None]:
-        """Admit ``required_mb`` MiB and hold them until the block ends: two requests that
-        each fit alone are not both admitted when together they don't. A refusal always
-        raises ``InsufficientMemoryError`` (a block cannot be skipped)."""
-        required = to_bytes_mb(required_mb)
-        error = self._admit(required, hold=True)
-        if error is not None:
-            raise error
-        try:
-            yield
-        finally:
-            self._admission.release(required)
+    def reserve(self, required_mb: float, *, wait_s: float = 0.0) -> AbstractContextManager[None]:
+        """Admit ``required_mb`` MiB and hold them until the ``with`` block ends: two requests
+        that each fit alone are not both admitted when together they don't. With ``wait_s``,
+        wait in line that long for memory first. A refusal always raises
+        ``InsufficientMemoryError`` (a block cannot be skipped)."""
+        wait = non_negative("wait_s", wait_s, maximum=3600)
+        return self._gate.hold(to_bytes_mb(required_mb), wait)
 
-    def _admit(self, required: int, *, hold: bool) -> InsufficientMemoryError | None:
-        """Admit against a fresh reading (or, where that fails, a recent one); the refusal
-        (counted and logged) where it does not fit."""
-        try:
-            reading = self._sampler.sample()
-        except (OSError, ValueError, KeyError) as exc:  # a counted error and a typed refusal
-            self._errors.count("sample", exc)
-            reading = self._admission.fallback(self._last, time.monotonic(), exc)  # its clock
-        admitted, reserved = self._observe(reading, required, hold)
-        if admitted:
-            return None
-        level, wait = self._level, self._cleanup.cooldown_left_s()
-        error = self._admission.refuse(required, reading, reserved, level, wait)
-        if level is Level.EMERGENCY:
-            self._cleanup.start("rejection")
-        return error
+    def reserve_async(
+        self, required_mb: float, *, wait_s: float = 0.0
+    ) -> AbstractAsyncContextManager[None]:
+        """``reserve`` for an event loop (``async with``): waiting never blocks the loop."""
+        wait = non_negative("wait_s", wait_s, maximum=3600)
+        return self._gate.hold_async(to_bytes_mb(required_mb), wait)
 
     @property
     def running(self) -> bool:  # the background thread

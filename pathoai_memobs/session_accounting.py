@@ -9,7 +9,7 @@ without changing anything; ``apply`` makes it so. Both run under the manager's l
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .sizeof import Charges, measure
@@ -128,3 +128,21 @@ def measure_from_scratch(session: SessionRecord) -> int:
         inline += charges.inline
         merged.update(charges.tracked)
     return inline + sum(merged.values())
+
+
+def eviction_order(
+    sessions: Iterable[SessionRecord], bytes_needed: int, *, now: float, min_idle_s: float = 0.0
+) -> list[SessionRecord]:
+    """Which sessions to remove to free ``bytes_needed``: unpinned ones idle for at least
+    ``min_idle_s``, least recently used first, until their bytes cover the need."""
+    candidates = sorted(
+        (s for s in sessions if s.pins == 0 and now - s.last_mono >= min_idle_s),
+        key=lambda s: s.last_mono,
+    )
+    chosen, freed = [], 0
+    for session in candidates:
+        if freed >= bytes_needed:
+            break
+        freed += session.host
+        chosen.append(session)
+    return chosen

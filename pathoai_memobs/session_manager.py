@@ -29,15 +29,21 @@ from .config import MemoryConfig
 from .exceptions import SessionMemoryLimitError, SessionNotFoundError
 from .exporters.catalogue import REMOVAL_REASONS
 from .forksafe import after_fork_in_child
-from .session_accounting import SessionRecord, apply, measure_from_scratch, recount
+from .session_accounting import (
+    SessionRecord,
+    apply,
+    eviction_order,
+    measure_from_scratch,
+    recount,
+)
 from .session_hooks import RemovalHook, RemovalHooks, Removed
 from .session_sweeper import Sweeper
 from .session_top import TopSessions
 from .sizeof import Charges, measure
-from .units import GIB, positive
+from .units import GIB, non_negative, positive
 
 __all__ = ["GIB", "SessionAggregates", "SessionData", "SessionManager", "fingerprint"]
-RemovalReason = Literal["timeout", "explicit", "emergency"]
+RemovalReason = Literal["timeout", "explicit", "emergency", "idle"]
 
 #: Upper bounds (bytes) of the session-size distribution, 1 MiB to 16 GiB.
 SIZE_BUCKETS: Final[tuple[int, ...]] = tuple(1 << p for p in range(20, 35, 2))
@@ -243,29 +249,25 @@ class SessionManager:
             self._hooks.add(callback)
 
     def evict_least_recently_used(
-        self, bytes_needed: int, *, reason: RemovalReason = "emergency"
+        self, bytes_needed: int, *, reason: RemovalReason = "emergency", min_idle_s: float = 0.0
     ) -> int:
-        """Remove unpinned sessions, least recently used first, until ``bytes_needed`` are freed.
-
-        Returns the host bytes freed. Pinned sessions are never evicted. A bad amount or
-        reason raises ValueError and removes nothing.
-        """
+        """Remove unpinned sessions, least recently used first, until ``bytes_needed`` are freed
+        (only those idle for ``min_idle_s`` or more, when given). Returns the host bytes freed.
+        Pinned sessions are never evicted. A bad argument raises ValueError and removes
+        nothing."""
         if isinstance(bytes_needed, bool) or not isinstance(bytes_needed, int):
             raise ValueError(f"bytes_needed must be an integer of bytes, got {bytes_needed!r}")
         if bytes_needed < 0:
             raise ValueError(f"bytes_needed must be >= 0, got {bytes_needed!r}")
         if reason not in REMOVAL_REASONS:
             raise ValueError(f"reason must be one of {', '.join(REMOVAL_REASONS)}, got {reason!r}")
+        idle = non_negative("min_idle_s", min_idle_s, maximum=1e10)
         with self._lock:
-            candidates = sorted(
-                (s for s in self._sessions.values() if s.pins == 0), key=lambda s: s.last_mono
+            chosen = eviction_order(
+                self._sessions.values(), bytes_needed, now=self._clock(), min_idle_s=idle
             )
-            removed, freed = [], 0
-            for session in candidates:
-                if freed >= bytes_needed:
-                    break
-                freed += session.host
-                removed.append(self._detach(session, reason))
+            freed = sum(s.host for s in chosen)
+            removed = [self._detach(s, reason) for s in chosen]
         self._hooks.run_all(removed)
         return freed
 
@@ -273,7 +275,7 @@ class SessionManager:
         return len(self._sessions)
 
     def removed_total(self, reason: str) -> int:
-        """Sessions removed so far for ``reason`` (timeout, explicit, emergency)."""
+        """Sessions removed so far for ``reason`` (timeout, explicit, emergency, idle)."""
         return self._removed[reason]
 
     def aggregates(self) -> SessionAggregates:

@@ -64,7 +64,7 @@ def starlette_app(monitor: MemoryMonitor, seen: list[int]) -> Starlette:
         return JSONResponse({"ok": True})
 
     app = Starlette(routes=[Route("/analyze", analyze, methods=["POST"]), Route("/health", health)])
-    app.add_middleware(ASGIAdmission, monitor=monitor, routes={"POST /analyze": 1500})
+    app.add_middleware(ASGIAdmission, monitor=monitor, routes={"POST /analyze": 1500}, wait_s=0)
     return app
 
 
@@ -106,7 +106,10 @@ def wsgi_server(
             pass
 
     server = make_server(
-        "127.0.0.1", 0, WSGIAdmission(app, monitor, {"/analyze": 800}), handler_class=Quiet
+        "127.0.0.1",
+        0,
+        WSGIAdmission(app, monitor, {"/analyze": 800}, wait_s=0),
+        handler_class=Quiet,
     )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -146,7 +149,7 @@ def test_head_needs_what_get_needs_through_the_middleware() -> None:
     memory = Settable(1200 * MIB)  # 1500 MiB never fit above the 500 MiB floor here
     monitor = MemoryMonitor(MemoryConfig(), sampler=memory, emergency_cooldown_s=60)
     app = Starlette(routes=[Route("/render", render, methods=["GET"])])
-    app.add_middleware(ASGIAdmission, monitor=monitor, routes={"GET /render": 1500})
+    app.add_middleware(ASGIAdmission, monitor=monitor, routes={"GET /render": 1500}, wait_s=0)
     with TestClient(app) as client:
         assert client.get("/render").status_code == 503
         assert client.head("/render").status_code == 503

@@ -53,7 +53,7 @@ class Metric:
 
 #: Label values known before they are seen: exported at 0 from the start by both exporters.
 GC_REASONS: Final = ("manual", "proactive", "emergency")
-REMOVAL_REASONS: Final = ("timeout", "explicit", "emergency")
+REMOVAL_REASONS: Final = ("timeout", "explicit", "emergency", "idle")
 ERROR_PLACES: Final = ("sample", "action", "wakeups", "emergency_step", "emergency_run", "scrape")
 
 
@@ -73,10 +73,13 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
     Metric("pathoai_memory_emergency_threshold_bytes", "gauge", "bytes", (), "Available memory below which the emergency level (cleanup, rejection) starts.", "max", otel=(OTel("pathoai.memory.emergency_threshold", "By", "gauge"),)),
     Metric("pathoai_memory_reserved_bytes", "gauge", "bytes", (), "Memory reserved by admitted requests still in flight.", "sum", otel=(OTel("pathoai.memory.reserved", "By", "updown"),)),
     Metric("pathoai_requests_rejected_total", "counter", "", (), "Requests refused by admission control.", "sum", otel=(OTel("pathoai.requests.rejected", "{request}", "counter"),)),
+    Metric("pathoai_requests_total", "counter", "", (), "Requests that asked admission for memory (admitted or refused, each once): the denominator of the refusal ratio.", "sum", otel=(OTel("pathoai.requests", "{request}", "counter"),)),
+    Metric("pathoai_admission_queue_length", "gauge", "", (), "Reservations waiting in line for memory now.", "sum", otel=(OTel("pathoai.admission.queue.length", "{request}", "updown"),)),
+    Metric("pathoai_admission_wait_seconds", "histogram", "seconds", ("outcome",), "How long reservations waited in line, by outcome: admitted or timeout (then refused).", "sum"),
     # sessions
     Metric("pathoai_sessions_active", "gauge", "", (), "Live sessions.", "sum", otel=(OTel("pathoai.session.active", "{session}", "updown"),)),
     Metric("pathoai_sessions_created_total", "counter", "", (), "Sessions created.", "sum", otel=(OTel("pathoai.session.created", "{session}", "counter"),)),
-    Metric("pathoai_sessions_removed_total", "counter", "", ("reason",), "Sessions removed, by reason: timeout, explicit, emergency.", "sum", otel=(OTel("pathoai.session.removed", "{session}", "counter", ("pathoai.session.removal_reason",)),)),
+    Metric("pathoai_sessions_removed_total", "counter", "", ("reason",), "Sessions removed, by reason: timeout, explicit, emergency, idle (freed to admit a request).", "sum", otel=(OTel("pathoai.session.removed", "{session}", "counter", ("pathoai.session.removal_reason",)),)),
     Metric("pathoai_session_memory_bytes", "gaugehistogram", "bytes", (), "Distribution of the live sessions' accounted host memory (gauge histogram; _gsum is the total).", "sum", otel=(OTel("pathoai.session.memory", "By", "updown"),)),
     Metric("pathoai_session_device_memory_bytes", "gauge", "bytes", (), "Accounted device (GPU) memory of all live sessions.", "sum"),
     Metric("pathoai_session_memory_limit_bytes", "gauge", "bytes", (), "Per-session memory limit (MAX_SESSION_MEMORY_GB).", "max", otel=(OTel("pathoai.session.memory.limit", "By", "gauge"),)),

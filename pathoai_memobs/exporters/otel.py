@@ -270,6 +270,8 @@ def _monitor_values(m: MemoryMonitor) -> dict[str, Values]:
         "pathoai_memory_emergency_threshold_bytes": lambda: t.floor_bytes,
         "pathoai_memory_reserved_bytes": lambda: m.reserved_bytes,
         "pathoai_requests_rejected_total": lambda: m.requests_rejected_total,
+        "pathoai_requests_total": lambda: m.admission.requests_total,
+        "pathoai_admission_queue_length": lambda: m.admission.queue_length,
         "pathoai_emergency_cleanups_total": lambda: totals().runs,
         "pathoai_emergency_cleanup_freed_bytes_total": lambda: totals().freed_bytes,
         "pathoai_cleanup_callback_failures_total": lambda: _labelled(

@@ -169,6 +169,7 @@ class MemobsCollector(Collector):
         yield _gauge("pathoai_memory_emergency_threshold_bytes", t.floor_bytes)
         yield _gauge("pathoai_memory_reserved_bytes", m.reserved_bytes)
         yield _counter("pathoai_requests_rejected_total", m.requests_rejected_total)
+        yield from _admission(m)
         totals = m.emergency_totals
         yield _counter("pathoai_emergency_cleanups_total", totals.runs)
         spec = BY_NAME["pathoai_emergency_cleanup_duration_seconds"]
@@ -222,6 +223,20 @@ class MemobsCollector(Collector):
                 top.add_metric([fp], nbytes)
             yield top
         yield _counter("pathoai_session_removal_hook_failures_total", agg.hook_failures_total)
+
+
+def _admission(m: MemoryMonitor) -> Iterator[Metric]:
+    """Requests asked for, the line, and how long holds waited in it."""
+    a = m.admission
+    yield _counter("pathoai_requests_total", a.requests_total)
+    yield _gauge("pathoai_admission_queue_length", a.queue_length)
+    spec = BY_NAME["pathoai_admission_wait_seconds"]
+    hist = HistogramMetricFamily(spec.name, spec.help, labels=["outcome"])
+    for outcome, counts in a.waits.buckets.items():
+        cumulative = map(float, accumulate(counts))
+        pairs = list(zip(_bounds(DURATION_BUCKETS), cumulative, strict=True))
+        hist.add_metric([outcome], pairs, a.waits.sum_s[outcome])
+    yield hist
 
 
 def instrument(

@@ -8,7 +8,8 @@ from typing import Any
 
 from ..exceptions import InsufficientMemoryError, MemoryManagementError
 from ..monitor import MemoryMonitor
-from .routes import Answer, RouteTable, error_answer, refusal
+from ..units import non_negative
+from .routes import Answer, RouteTable, Size, error_answer, refusal
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -19,34 +20,45 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 class MemoryAdmissionMiddleware:
     """Reserve the marked memory for each marked request, or answer 503 without calling
-    the app. The reservation is held until the app has sent its whole response.
+    the app. A request that does not fit waits in line up to ``wait_s`` (10 s by default;
+    the event loop goes on) while idle memory is freed and others finish; then 503 with a
+    Retry-After from the line. The reservation is held until the whole response is sent.
 
     ``app.add_middleware(MemoryAdmissionMiddleware, monitor=m, routes={"POST /analyze": 1500})``
     """
 
-    def __init__(self, app: ASGIApp, monitor: MemoryMonitor, routes: Mapping[str, float]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        monitor: MemoryMonitor,
+        routes: Mapping[str, Size],
+        *,
+        wait_s: float = 10.0,
+    ) -> None:
         self.app = app
         self.monitor = monitor
         self.routes = RouteTable.compile(routes)
+        self.wait_s = non_negative("wait_s", wait_s, maximum=3600)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        mb = self.routes.need(scope["method"], scope["path"])
-        if mb is None:
+        size = self.routes.need(scope["method"], scope["path"])
+        if size is None:
             await self.app(scope, receive, send)
             return
-        reservation = self.monitor.reserve(mb)
+        mb = size(scope) if callable(size) else size
+        reservation = self.monitor.reserve_async(mb, wait_s=self.wait_s)
         try:
-            reservation.__enter__()
+            await reservation.__aenter__()
         except InsufficientMemoryError as exc:
             await _answer(send, refusal(exc))
             return
         try:
             await self.app(scope, receive, send)
         finally:
-            reservation.__exit__(None, None, None)
+            await reservation.__aexit__(None, None, None)
 
 
 async def _answer(send: Send, answer: Answer) -> None:

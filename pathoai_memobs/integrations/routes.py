@@ -3,18 +3,22 @@
 Keys are ``"/path"`` (any method), ``"METHOD /path"``, or a prefix ending in ``*``
 (``"POST /slides/*"``). An exact path wins over a prefix, a longer prefix over a shorter
 one, and a method-specific entry over an any-method one. Values are MiB, as in the
-reference's ``check_memory_available(required_mb)``.
+reference's ``check_memory_available(required_mb)``, or a callable that sizes each request
+(given the ASGI scope or the WSGI environ; e.g. from Content-Length).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ..exceptions import InsufficientMemoryError, SessionMemoryLimitError, SessionNotFoundError
 from ..units import to_bytes_mb
 
+#: MiB for a route, or a callable that returns them for one request (scope or environ).
+Size = float | Callable[[Any], float]
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -22,21 +26,24 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 class RouteTable:
     """Compiled route marks: exact paths and prefixes, each by method (None: any)."""
 
-    exact: Mapping[tuple[str | None, str], float]
-    prefixes: tuple[tuple[str | None, str, float], ...]
+    exact: Mapping[tuple[str | None, str], Size]
+    prefixes: tuple[tuple[str | None, str, Size], ...]
 
     @classmethod
-    def compile(cls, routes: Mapping[str, float]) -> RouteTable:
+    def compile(cls, routes: Mapping[str, Size]) -> RouteTable:
         """Validate and compile; a key or amount of the wrong type raises TypeError, a bad
         one ValueError, each naming it."""
         if not isinstance(routes, Mapping):
             raise TypeError(f"routes must be a mapping of 'METHOD /path' to MB, got {routes!r}")
-        exact: dict[tuple[str | None, str], float] = {}
-        prefixes: list[tuple[str | None, str, float]] = []
-        for key, mb in routes.items():
+        exact: dict[tuple[str | None, str], Size] = {}
+        prefixes: list[tuple[str | None, str, Size]] = []
+        for key, given in routes.items():
             if not isinstance(key, str):
                 raise TypeError(f"route keys are strings like 'POST /analyze', got {key!r}")
-            to_bytes_mb(mb, f"memory for route {key!r}")
+            mb: Size = given  # a callable sizes each request itself, checked per call
+            if not callable(given):
+                to_bytes_mb(given, f"memory for route {key!r}")
+                mb = float(given)
             method, _, path = key.strip().rpartition(" ")
             method_key = method.upper() or None
             if method_key is not None and method_key not in _METHODS:
@@ -44,13 +51,13 @@ class RouteTable:
             if not path.startswith("/"):
                 raise ValueError(f"route {key!r}: the path must start with '/'")
             if path.endswith("*"):
-                prefixes.append((method_key, path[:-1], float(mb)))
+                prefixes.append((method_key, path[:-1], mb))
             else:
-                exact[(method_key, path)] = float(mb)
+                exact[(method_key, path)] = mb
         prefixes.sort(key=lambda p: (-len(p[1]), p[0] is None))
         return cls(exact, tuple(prefixes))
 
-    def need(self, method: str, path: str) -> float | None:
+    def need(self, method: str, path: str) -> Size | None:
         """MiB the request needs, or None when the route is not marked. HEAD is a GET
         whose body is dropped (the framework still runs the GET handler), so it needs what
         GET needs."""

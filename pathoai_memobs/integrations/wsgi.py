@@ -10,7 +10,8 @@ from typing import Any
 
 from ..exceptions import InsufficientMemoryError, MemoryManagementError
 from ..monitor import MemoryMonitor
-from .routes import REASONS, RouteTable, error_answer, refusal
+from ..units import non_negative
+from .routes import REASONS, RouteTable, Size, error_answer, refusal
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -39,19 +40,30 @@ class _Releasing:
 
 class MemoryAdmissionMiddleware:
     """Reserve the marked memory for each marked request, or answer 503 without calling
-    the app. ``app.wsgi_app = MemoryAdmissionMiddleware(app.wsgi_app, monitor, routes)``
+    the app. A request that does not fit waits in line up to ``wait_s`` (10 s by default)
+    while idle memory is freed and others finish; then 503 with a Retry-After from the line.
+    ``app.wsgi_app = MemoryAdmissionMiddleware(app.wsgi_app, monitor, routes)``
     """
 
-    def __init__(self, app: WSGIApp, monitor: MemoryMonitor, routes: Mapping[str, float]) -> None:
+    def __init__(
+        self,
+        app: WSGIApp,
+        monitor: MemoryMonitor,
+        routes: Mapping[str, Size],
+        *,
+        wait_s: float = 10.0,
+    ) -> None:
         self.app = app
         self.monitor = monitor
         self.routes = RouteTable.compile(routes)
+        self.wait_s = non_negative("wait_s", wait_s, maximum=3600)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        mb = self.routes.need(environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "/"))
-        if mb is None:
+        size = self.routes.need(environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "/"))
+        if size is None:
             return self.app(environ, start_response)
-        reservation = self.monitor.reserve(mb)
+        mb = size(environ) if callable(size) else size
+        reservation = self.monitor.reserve(mb, wait_s=self.wait_s)
         try:
             reservation.__enter__()
         except InsufficientMemoryError as exc:

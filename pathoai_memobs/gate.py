@@ -1,0 +1,211 @@
+"""AdmissionGate: admit now, free idle memory and admit, or wait in line, then refuse.
+
+A request that does not fit is not refused at once:
+
+1. **Free before refusing.** Memory that no active request needs goes first: expired
+   sessions, then sessions idle for ``idle_free_s`` or more (unpinned, least recently used
+   first), as many as the request lacks. Only one request frees at a time.
+2. **Wait in line** (``wait_s`` > 0): in arrival order, until memory is released or freed,
+   or the wait runs out. Only the first in line may be admitted, so small requests cannot
+   starve a large one (``admission.Admission.admit_locked``). A blocking wait sleeps on the
+   admission's condition; an async one polls without blocking the event loop.
+3. **Refuse** with a retry hint from the line (how long holds last, how many wait ahead).
+
+The decisions are the admission's and ``session_accounting.eviction_order``'s; this module
+sequences them around fresh readings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING
+
+from .admission import Admission
+from .errors import ErrorCounts
+from .pressure import Level
+from .reading import Reading
+
+if TYPE_CHECKING:
+    from .exceptions import InsufficientMemoryError
+    from .session_manager import SessionManager
+
+#: A waiting request looks again at least this often (memory may be freed by anything).
+POLL_S = 0.1
+
+Observe = Callable[[Reading, int, bool, int], tuple[bool, int]]
+
+
+class AdmissionGate:
+    """Admission with freeing and a fair line, for one monitor (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        sample: Callable[[], Reading],
+        last: Callable[[], Reading | None],
+        observe: Observe,
+        level: Callable[[], Level],
+        admission: Admission,
+        errors: ErrorCounts,
+        sessions: Callable[[], SessionManager | None],
+        cooldown_left_s: Callable[[], float],
+        start_cleanup: Callable[[str], None],
+        idle_free_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sample, self._last, self._observe = sample, last, observe
+        self._level, self._admission, self._errors = level, admission, errors
+        self._sessions, self._cooldown_left_s = sessions, cooldown_left_s
+        self._start_cleanup = start_cleanup
+        self.idle_free_s = idle_free_s
+        self._clock = clock
+        self._freeing = threading.Lock()
+        self.freed_sessions = 0
+
+    def admit(
+        self, required: int, *, hold: bool, wait_s: float = 0.0
+    ) -> InsufficientMemoryError | None:
+        """Admit ``required`` bytes (held when ``hold``), freeing and waiting as above; the
+        refusal, counted and logged, where it does not fit in time."""
+        self._admission.count_request()
+        admitted, reading, reserved = self._try(required, hold, 0)
+        if not admitted and self._free(required, reading, reserved):
+            admitted, reading, reserved = self._try(required, hold, 0)
+        if admitted:
+            return None
+        if not hold or wait_s <= 0:
+            return self._refuse(required, reading, reserved)
+        ticket = self._admission.join()
+        started = self._clock()
+        deadline = started + wait_s
+        try:
+            while True:
+                admitted, reading, reserved = self._try(required, hold, ticket)
+                if not admitted and self._first(ticket) and self._free(required, reading, reserved):
+                    admitted, reading, reserved = self._try(required, hold, ticket)
+                if admitted:
+                    self._waited("admitted", started)
+                    return None
+                left = deadline - self._clock()
+                if left <= 0:
+                    break
+                self._admission.wait_for_change(min(left, POLL_S))
+        except BaseException:
+            self._admission.leave(ticket)
+            raise
+        return self._give_up(ticket, started, required, reading, reserved)
+
+    async def admit_async(self, required: int, *, wait_s: float) -> InsufficientMemoryError | None:
+        """``admit(required, hold=True, wait_s=...)`` for an event loop: the wait never
+        blocks it (each look is a quick, non-blocking decision)."""
+        self._admission.count_request()
+        admitted, reading, reserved = self._try(required, True, 0)
+        if not admitted and self._free(required, reading, reserved):
+            admitted, reading, reserved = self._try(required, True, 0)
+        if admitted:
+            return None
+        if wait_s <= 0:
+            return self._refuse(required, reading, reserved)
+        ticket = self._admission.join()
+        started = self._clock()
+        deadline = started + wait_s
+        try:
+            while True:
+                admitted, reading, reserved = self._try(required, True, ticket)
+                if not admitted and self._first(ticket) and self._free(required, reading, reserved):
+                    admitted, reading, reserved = self._try(required, True, ticket)
+                if admitted:
+                    self._waited("admitted", started)
+                    return None
+                left = deadline - self._clock()
+                if left <= 0:
+                    break
+                await asyncio.sleep(min(left, POLL_S))
+        except BaseException:
+            self._admission.leave(ticket)
+            raise
+        return self._give_up(ticket, started, required, reading, reserved)
+
+    @contextmanager
+    def hold(self, required: int, wait_s: float) -> Iterator[None]:
+        """Admit and hold ``required`` bytes for the block; a refusal raises."""
+        error = self.admit(required, hold=True, wait_s=wait_s)
+        if error is not None:
+            raise error
+        started = self._clock()
+        try:
+            yield
+        finally:
+            self._admission.release(required, self._clock() - started)
+
+    @asynccontextmanager
+    async def hold_async(self, required: int, wait_s: float) -> AsyncIterator[None]:
+        """``hold`` for an event loop."""
+        error = await self.admit_async(required, wait_s=wait_s)
+        if error is not None:
+            raise error
+        started = self._clock()
+        try:
+            yield
+        finally:
+            self._admission.release(required, self._clock() - started)
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def _try(self, required: int, hold: bool, ticket: int) -> tuple[bool, Reading, int]:
+        """One decision against a fresh reading (or, where that fails, a recent one)."""
+        try:
+            reading = self._sample()
+        except (OSError, ValueError, KeyError) as exc:  # a counted error and a typed refusal
+            self._errors.count("sample", exc)
+            reading = self._admission.fallback(self._last(), time.monotonic(), exc)
+        admitted, reserved = self._observe(reading, required, hold, ticket)
+        return admitted, reading, reserved
+
+    def _first(self, ticket: int) -> bool:
+        return self._admission.position(ticket) == 0
+
+    def _free(self, required: int, reading: Reading, reserved: int) -> bool:
+        """Free what no active request needs, up to what ``required`` lacks; True when
+        anything was freed. Not in EMERGENCY (the cleanup does that), and one at a time."""
+        sessions = self._sessions()
+        lacking = required + reserved + self._admission.floor_bytes - reading.available_bytes
+        if sessions is None or lacking <= 0 or self._level() is Level.EMERGENCY:
+            return False
+        if not self._freeing.acquire(blocking=False):
+            return False
+        try:
+            removed = sessions.cleanup_inactive_sessions()
+            before = sessions.removed_total("idle")
+            sessions.evict_least_recently_used(lacking, reason="idle", min_idle_s=self.idle_free_s)
+            evicted = sessions.removed_total("idle") - before
+            self.freed_sessions += evicted
+            return removed + evicted > 0
+        finally:
+            self._freeing.release()
+
+    def _waited(self, outcome: str, started: float) -> None:
+        with self._admission.lock:
+            self._admission.waits.record(outcome, self._clock() - started)
+
+    def _give_up(
+        self, ticket: int, started: float, required: int, reading: Reading, reserved: int
+    ) -> InsufficientMemoryError:
+        ahead = max(0, self._admission.position(ticket))
+        self._admission.leave(ticket)
+        self._waited("timeout", started)
+        return self._refuse(required, reading, reserved, ahead=ahead)
+
+    def _refuse(
+        self, required: int, reading: Reading, reserved: int, *, ahead: int = -1
+    ) -> InsufficientMemoryError:
+        level = self._level()
+        wait = self._cooldown_left_s()
+        error = self._admission.refuse(required, reading, reserved, level, wait, ahead=ahead)
+        if level is Level.EMERGENCY:
+            self._start_cleanup("rejection")
+        return error

@@ -1,0 +1,167 @@
+"""The admission gate: free idle memory before refusing, a fair bounded wait, per-request
+sizes, and a retry hint from the line."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from pathoai_memobs import InsufficientMemoryError, MemoryConfig, MemoryMonitor, SessionManager
+from pathoai_memobs.integrations.asgi import MemoryAdmissionMiddleware
+
+from .scripted import Scripted
+
+MIB = 1 << 20
+GIB = 1 << 30
+
+
+def setting(available: int, **config: object) -> tuple[MemoryMonitor, SessionManager, list[float]]:
+    """A monitor over scripted memory that session bytes use up, on a fake session clock."""
+    now = [0.0]
+    sessions = SessionManager(max_memory_gb=1, clock=lambda: now[0])
+    s = Scripted(available, total=4 * GIB)
+    s.sessions = sessions
+    cfg = MemoryConfig(**config)  # type: ignore[arg-type]
+    return MemoryMonitor(cfg, sampler=s, sessions=sessions, emergency_cooldown_s=60), sessions, now
+
+
+def test_idle_sessions_are_freed_before_a_request_is_refused() -> None:
+    m, sessions, now = setting(1500 * MIB, session_idle_free_minutes=5)
+    removed: list[tuple[str, str]] = []
+    sessions.on_remove(lambda sid, data, reason: removed.append((sid, reason)))
+    idle = [sessions.create_session() for _ in range(3)]
+    for sid in idle:
+        sessions.update_session(sid, slide=np.ones(200 * MIB, np.uint8))
+    now[0] = 600.0  # ten minutes later: all three are idle past 5 minutes
+    busy = sessions.create_session()
+    sessions.update_session(busy, slide=np.ones(200 * MIB, np.uint8))  # just used: not idle
+    # 1500 - 800 = 700 MiB available: 450 MiB lack 250 above the 500 MiB floor
+    with m.reserve(450):
+        pass
+    assert [reason for _, reason in removed] == ["idle", "idle"]  # as many as needed
+    assert [sid for sid, _ in removed] == idle[:2]  # least recently used first
+    assert sessions.get_session(busy) is not None and sessions.get_session(idle[2]) is not None
+    assert sessions.removed_total("idle") == 2
+
+
+def test_nothing_idle_enough_means_a_refusal_and_nothing_removed() -> None:
+    m, sessions, now = setting(1500 * MIB, session_idle_free_minutes=5)
+    for _ in range(4):
+        sessions.update_session(sessions.create_session(), slide=np.ones(200 * MIB, np.uint8))
+    now[0] = 60.0  # one minute: not idle enough
+    with pytest.raises(InsufficientMemoryError):
+        m.check_memory_available(300)
+    assert len(sessions) == 4
+
+
+def test_a_waiting_request_is_admitted_when_memory_is_released() -> None:
+    m, _, _ = setting(1200 * MIB)
+    with m.reserve(600):  # 600 of the 700 MiB above the floor
+        done: list[float] = []
+
+        def waiter() -> None:
+            started = time.monotonic()
+            with m.reserve(400, wait_s=5):
+                done.append(time.monotonic() - started)
+
+        t = threading.Thread(target=waiter)
+        t.start()
+        time.sleep(0.3)
+        assert m.admission.queue_length == 1 and not done
+    t.join(5)
+    assert done and done[0] >= 0.25
+    assert m.reserved_bytes == 0 and m.admission.queue_length == 0
+    assert m.admission.waits.buckets["admitted"][-1] == 0  # recorded, far below 30 s
+
+
+def test_first_come_first_served_a_large_request_is_not_starved() -> None:
+    m, _, _ = setting(1200 * MIB)
+    order: list[str] = []
+    holder = m.reserve(650)
+    holder.__enter__()
+
+    def wants(name: str, mb: float) -> None:
+        with m.reserve(mb, wait_s=5):
+            order.append(name)
+            time.sleep(0.05)
+
+    large = threading.Thread(target=wants, args=("large", 600))
+    large.start()
+    time.sleep(0.2)  # the large one is first in line
+    smalls = [threading.Thread(target=wants, args=(f"small{i}", 10)) for i in range(3)]
+    for t in smalls:
+        t.start()  # 10 MiB fits now (700 - 650 = 50), but the large one waits ahead
+    time.sleep(0.3)
+    assert order == []
+    holder.__exit__(None, None, None)
+    for t in (large, *smalls):
+        t.join(5)
+    assert order[0] == "large" and sorted(order[1:]) == ["small0", "small1", "small2"]
+
+
+def test_a_wait_that_runs_out_is_refused_with_a_hint_from_the_line() -> None:
+    m, _, _ = setting(1200 * MIB)
+    with m.reserve(650):
+        started = time.monotonic()
+        with pytest.raises(InsufficientMemoryError) as refused, m.reserve(600, wait_s=0.4):
+            pass
+        assert 0.35 < time.monotonic() - started < 3
+    assert refused.value.retry_after_s is not None and refused.value.retry_after_s >= 1
+    assert m.admission.queue_length == 0 and m.admission.waits.sum_s["timeout"] > 0.3
+    assert m.admission.requests_total == 2 and m.requests_rejected_total == 1
+
+
+def test_an_async_wait_leaves_the_event_loop_free() -> None:
+    m, _, _ = setting(1200 * MIB)
+    holder = m.reserve(650)
+    holder.__enter__()
+    threading.Timer(0.3, holder.__exit__, (None, None, None)).start()
+
+    async def main() -> tuple[int, bool]:
+        ticks = 0
+        admitted = False
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not admitted:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        task = asyncio.create_task(ticker())
+        async with m.reserve_async(600, wait_s=5):
+            admitted = True
+        await task
+        return ticks, admitted
+
+    ticks, admitted = asyncio.run(main())
+    assert admitted and ticks >= 10  # the loop kept running while the request waited
+
+
+def test_a_route_may_size_each_request_itself() -> None:
+    m, _, _ = setting(4 * GIB)
+    seen: list[int] = []
+
+    async def upload(request: Request) -> JSONResponse:
+        seen.append(m.reserved_bytes)
+        return JSONResponse({"ok": True})
+
+    def twice_the_body(scope: dict[str, object]) -> float:
+        headers = dict(scope["headers"])  # type: ignore[call-overload]
+        return 2 * int(headers[b"content-length"]) / MIB
+
+    app = Starlette(routes=[Route("/upload", upload, methods=["POST"])])
+    app.add_middleware(
+        MemoryAdmissionMiddleware, monitor=m, routes={"POST /upload": twice_the_body}
+    )
+    with TestClient(app) as client:
+        assert client.post("/upload", content=b"x" * MIB).status_code == 200
+    assert seen == [2 * MIB]
