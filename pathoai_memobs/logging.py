@@ -43,6 +43,7 @@ MONITOR_ERROR: Final = "monitor_error"
 EXPORTER_EXPOSED: Final = "exporter_exposed"
 EXPORTER_CLIENT_DROPPED: Final = "exporter_client_dropped"
 GC_TIMER_UNAVAILABLE: Final = "gc_timer_unavailable"
+RUNGS_OUT_OF_ORDER: Final = "rungs_out_of_order"
 
 Format = Literal["auto", "json", "console"]
 

@@ -128,7 +128,8 @@ class MemoryMonitor:
         bytes (held when ``hold``): (admitted, bytes reserved before)."""
         with self._admission.lock:  # the reading, the level and admission at once
             previous = self._level
-            level = classify(reading.used_ratio, reading.available_bytes, self.thresholds, previous)
+            t = self.thresholds.for_total(reading.total_bytes)  # the rungs fitted to the limit
+            level = classify(reading.used_ratio, reading.available_bytes, t, previous)
             self._level, self._last, self._last_good_wall = level, reading, reading.timestamp
             self._samples += 1
             admitted, reserved = self._admission.admit_locked(
@@ -138,15 +139,14 @@ class MemoryMonitor:
             log_level_change(previous, level, reading)
         return admitted, reserved
 
-    def _step(self, reading: Reading) -> int:
-        """The loop's step: observe, act on the level; the headroom to the nearest rung."""
+    def _step(self, reading: Reading) -> int:  # observe, act; the headroom to the next rung
         self._observe(reading)
         try:
             self._actions.act(self._level)
         except Exception as exc:
             self._errors.count("action", exc)
-        t = self.thresholds
-        return headroom_bytes(reading.total_bytes, reading.used_bytes, reading.available_bytes, t)
+        t, r = self.thresholds.for_total(reading.total_bytes), reading
+        return headroom_bytes(r.total_bytes, r.used_bytes, r.available_bytes, t)
 
     @property
     def last_reading(self) -> Reading | None:

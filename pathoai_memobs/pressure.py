@@ -11,8 +11,9 @@ for EMERGENCY, once available memory is ``floor_margin_bytes`` (a tenth of the f
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -47,6 +48,9 @@ class Thresholds:
     floor_bytes: int = 500 * MIB
     ratio_margin: float = 0.02
     floor_margin_bytes: int = 50 * MIB
+    #: Fit the ratio rungs below the floor in small containers (see ``for_total``): on for
+    #: the default ratios, off where they were configured explicitly.
+    fit_to_floor: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.warning_ratio < self.critical_ratio <= 1:
@@ -61,17 +65,49 @@ class Thresholds:
     def from_config(cls, config: MemoryConfig) -> Thresholds:
         """The rungs of a validated config (percent and MB in, ratios and bytes out)."""
         floor = math.ceil(config.emergency_cleanup_threshold_mb * MIB)
+        explicit = {config.source_of(n) for n in ("max_memory_percent", "proactive_gc_threshold")}
         return cls(
             warning_ratio=config.max_memory_percent / 100.0,
             critical_ratio=config.proactive_gc_threshold / 100.0,
             floor_bytes=floor,
             floor_margin_bytes=floor // 10,
+            fit_to_floor=explicit == {"default"},
         )
+
+    def for_total(self, total_bytes: int) -> Thresholds:
+        """The rungs for a limit of ``total_bytes``: as configured where the floor comes
+        after the critical rung; else, with ``fit_to_floor``, the warning and critical rungs
+        moved down to 10 and 5 points of used ratio before the floor begins, so the ladder
+        is climbed in order (in 2 GiB the 500 MB floor begins at 75.6 % used, before an 85 %
+        warning could ever show)."""
+        if not self.fit_to_floor or total_bytes <= 0:
+            return self
+        return _fitted(self, total_bytes)
 
     @property
     def restored_bytes(self) -> int:
         """Available bytes at which EMERGENCY ends: the floor plus its margin."""
         return self.floor_bytes + self.floor_margin_bytes
+
+
+#: The gap, in used ratio, between fitted rungs (warning, critical, the floor).
+RUNG_GAP = 0.05
+
+
+@functools.lru_cache(maxsize=32)
+def _fitted(t: Thresholds, total_bytes: int) -> Thresholds:
+    floor_at = 1 - t.floor_bytes / total_bytes  # the used ratio at which the floor begins
+    warning = min(t.warning_ratio, floor_at - 2 * RUNG_GAP)
+    critical = min(t.critical_ratio, floor_at - RUNG_GAP)
+    if warning <= RUNG_GAP:  # a limit hardly above the floor: nothing to fit
+        return t
+    return replace(t, warning_ratio=warning, critical_ratio=critical, fit_to_floor=False)
+
+
+def rungs_in_order(t: Thresholds, total_bytes: int) -> bool:
+    """Whether, at this limit, used bytes reach warning, then critical, then the floor."""
+    fitted = t.for_total(total_bytes)
+    return fitted.critical_ratio * total_bytes < total_bytes - fitted.floor_bytes
 
 
 def classify(

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .forksafe import after_fork_in_child
+from .logging import RUNGS_OUT_OF_ORDER, WARNING, emit
 from .pressure import (
     Level,
     RestBand,
@@ -27,6 +28,7 @@ from .pressure import (
     next_interval,
     rest_band,
     rest_pace,
+    rungs_in_order,
     v1_usage_thresholds,
 )
 from .readers.psi import psi_path
@@ -45,6 +47,24 @@ REST_FULL_STEP_S = 60.0
 #: counts page cache, so it can fire a little before the working set itself crosses.
 BURST_S = 1.0
 BURST_INTERVAL_S = 0.02
+
+
+def check_rungs(thresholds: Thresholds, total_bytes: int) -> bool:
+    """Warn (``rungs_out_of_order``) where an explicit configuration puts the floor before
+    the warning or critical rung at this limit, so those levels can never be seen."""
+    if rungs_in_order(thresholds, total_bytes):
+        return True
+    t = thresholds.for_total(total_bytes)
+    emit(
+        WARNING,
+        RUNGS_OUT_OF_ORDER,
+        limit_bytes=total_bytes,
+        warning_ratio=t.warning_ratio,
+        critical_ratio=t.critical_ratio,
+        floor_bytes=t.floor_bytes,
+        floor_begins_at_ratio=round(1 - t.floor_bytes / total_bytes, 4) if total_bytes else 0,
+    )
+    return False
 
 
 class Sampler(Protocol):
@@ -96,6 +116,7 @@ class SamplingLoop:
         # Rest samples not in the compiled loop's own count (the Python loop's, less those the
         # full step recounts); written by the background thread alone.
         self._rest_samples = 0
+        self._checked_total = -1
         after_fork_in_child(self._forked)
 
     def _forked(self) -> None:
@@ -202,7 +223,8 @@ class SamplingLoop:
                     pace = rest_pace(headroom, base) if self._level() is Level.NORMAL else None
                     if pace is not None:
                         interval = pace
-                        band = rest_band(reading.total_bytes, self.thresholds, pace)
+                        t = self.thresholds.for_total(reading.total_bytes)
+                        band = rest_band(reading.total_bytes, t, pace)
                 except Exception as exc:
                     self._count_error("sample", exc)
                 try:
@@ -234,11 +256,14 @@ class SamplingLoop:
         """Hand ``reading`` to the monitor and arm the kernel's v1 usage thresholds; the
         headroom to the nearest rung."""
         headroom = self._step_fn(reading)
+        if reading.total_bytes != self._checked_total:  # the rungs, once per limit
+            self._checked_total = reading.total_bytes
+            check_rungs(self.thresholds, reading.total_bytes)
         wakeups = self._wakeups
         if wakeups is not None and reading.source == "cgroup_v1" and reading.cgroup_limit_bytes:
-            wakeups.set_usage_thresholds(
-                v1_usage_thresholds(reading.cgroup_limit_bytes, self.thresholds)
-            )
+            limit = reading.cgroup_limit_bytes
+            t = self.thresholds.for_total(limit)
+            wakeups.set_usage_thresholds(v1_usage_thresholds(limit, t))
         return headroom
 
     def tick(self) -> float:

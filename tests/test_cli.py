@@ -193,3 +193,18 @@ def test_stack_stops_everything_on_sigterm_and_removes_its_directory() -> None:
             raise AssertionError(f"port {port} still served after SIGTERM")
         except OSError:
             pass
+
+
+def test_status_and_check_config_report_the_rungs_at_this_limit() -> None:
+    from pathoai_memobs import MemoryConfig, MemoryMonitor
+    from pathoai_memobs.tools.cli import _rungs
+
+    for command in ("check-config", "status"):
+        out = _run(command, "--json")
+        assert out.returncode == 0, out.stderr
+        doc = json.loads(out.stdout)
+        rungs = doc["rungs_at_this_limit"] if command == "check-config" else doc["reading"]["rungs"]
+        assert rungs["in_order"] is True  # the defaults, at this machine's limit
+    explicit = MemoryConfig(max_memory_percent=84, emergency_cleanup_threshold_mb=1000)
+    assert _rungs(MemoryMonitor(explicit), 4 << 30)["in_order"] is False  # floor at 75.6 %
+    assert _rungs(MemoryMonitor(MemoryConfig()), 2 << 30)["in_order"] is True  # fitted

@@ -45,7 +45,7 @@ def test_callbacks_run_in_priority_order_and_stop_once_restored(
     assert run.restored and run.freed_bytes == 400 * MIB
     assert [st.name for st in run.steps] == ["first", "second"]
     assert [st.freed_bytes for st in run.steps] == [100 * MIB, 300 * MIB]
-    assert m.level is Level.NORMAL
+    assert m.level is Level.WARNING  # 65.8 % used: past the rung fitted to 2 GiB (65.6 %)
     totals = m.emergency_totals
     assert totals.runs == 1 and totals.freed_bytes == 400 * MIB
     (logged,) = events(caplog, "emergency_cleanup")

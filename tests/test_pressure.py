@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -48,7 +49,44 @@ def test_thresholds_come_from_the_config() -> None:
     assert (t.warning_ratio, t.critical_ratio) == (0.80, 0.95)
     assert t.floor_bytes == 1000 * MIB
     assert t.floor_margin_bytes == 100 * MIB
-    assert Thresholds.from_config(MemoryConfig()) == T
+    assert not t.fit_to_floor  # the ratios were set explicitly: kept as they are
+    assert Thresholds.from_config(MemoryConfig()) == replace(T, fit_to_floor=True)
+
+
+@pytest.mark.parametrize("gib", [1, 1.5, 2, 3, 4, 5, 8, 10, 64])
+def test_with_the_defaults_every_container_from_1_gib_climbs_the_rungs_in_order(
+    gib: float,
+) -> None:
+    from pathoai_memobs.pressure import rungs_in_order
+
+    total = int(gib * (1 << 30))
+    t = Thresholds.from_config(MemoryConfig())
+    assert rungs_in_order(t, total)
+    fitted = t.for_total(total)
+    warning_used = fitted.warning_ratio * total
+    critical_used = fitted.critical_ratio * total
+    assert warning_used < critical_used < total - fitted.floor_bytes
+    if gib >= 10:  # the floor begins past 95 %: the configured rungs stand
+        assert (fitted.warning_ratio, fitted.critical_ratio) == (0.85, 0.90)
+    # A reading between the fitted rungs is WARNING, and one past critical is CRITICAL.
+    used = int((fitted.warning_ratio + 0.01) * total)
+    assert classify(used / total, total - used, fitted) is Level.WARNING
+    used = int((fitted.critical_ratio + 0.01) * total)
+    assert classify(used / total, total - used, fitted) is Level.CRITICAL
+
+
+def test_an_explicit_configuration_out_of_order_is_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from pathoai_memobs.pressure import rungs_in_order
+    from pathoai_memobs.sampling_loop import check_rungs
+
+    t = Thresholds.from_config(MemoryConfig(max_memory_percent=85, proactive_gc_threshold=90.5))
+    two_gib = 2 << 30
+    assert not rungs_in_order(t, two_gib) and rungs_in_order(t, 8 << 30)
+    assert check_rungs(t, two_gib) is False
+    (event,) = [r.msg for r in caplog.records if isinstance(r.msg, dict)]
+    assert event["event"] == "rungs_out_of_order" and event["floor_begins_at_ratio"] == 0.7559
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from .. import __version__
 from ..emergency import DURATION_BUCKETS
 from ..gc_pauses import GC_PAUSES, GENERATIONS, PAUSE_BUCKETS, PauseTimer
+from ..pressure import Thresholds
 from .catalogue import (
     CATALOGUE,
     ERROR_PLACES,
@@ -253,6 +254,9 @@ def _monitor_values(m: MemoryMonitor) -> dict[str, Values]:
     totals = _Memo(lambda: m.emergency_totals)
     t = m.thresholds
 
+    def fitted() -> Thresholds:
+        return t.for_total(reading().total_bytes)
+
     def stall() -> list[tuple[tuple[str], float]]:
         p = m.pressure
         return [] if p is None else [(("some",), p.some_avg10), (("full",), p.full_avg10)]
@@ -265,8 +269,8 @@ def _monitor_values(m: MemoryMonitor) -> dict[str, Values]:
         "process.memory.usage": lambda: reading().process_rss_bytes,
         "pathoai_memory_pressure_level": lambda: int(m.level),
         "pathoai_memory_pressure_stall_ratio": stall,
-        "pathoai_memory_warning_threshold_ratio": lambda: t.warning_ratio,
-        "pathoai_memory_critical_threshold_ratio": lambda: t.critical_ratio,
+        "pathoai_memory_warning_threshold_ratio": lambda: fitted().warning_ratio,
+        "pathoai_memory_critical_threshold_ratio": lambda: fitted().critical_ratio,
         "pathoai_memory_emergency_threshold_bytes": lambda: t.floor_bytes,
         "pathoai_memory_reserved_bytes": lambda: m.reserved_bytes,
         "pathoai_requests_rejected_total": lambda: m.requests_rejected_total,

@@ -29,6 +29,7 @@ from .. import __version__
 from ..emergency import DURATION_BUCKETS
 from ..gc_pauses import GC_PAUSES, GENERATIONS, PAUSE_BUCKETS, PauseTimer
 from ..logging import MONITOR_ERROR, emit
+from ..pressure import rungs_in_order
 from ..session_manager import SIZE_BUCKETS
 from .catalogue import BY_NAME, ERROR_PLACES, GC_REASONS, REMOVAL_REASONS, family_name
 from .server import DEFAULT_PORT, MetricsServer, start_http_server  # the names stay here too
@@ -162,8 +163,10 @@ class MemobsCollector(Collector):
             stall.add_metric(["some"], pressure.some_avg10)
             stall.add_metric(["full"], pressure.full_avg10)
             yield stall
-        t = m.thresholds
+        t = m.thresholds.for_total(r.total_bytes) if r is not None else m.thresholds
         yield _gauge("pathoai_memory_pressure_level", int(m.level))
+        if r is not None:
+            yield _gauge("pathoai_memory_rungs_in_order", int(rungs_in_order(t, r.total_bytes)))
         yield _gauge("pathoai_memory_warning_threshold_ratio", t.warning_ratio)
         yield _gauge("pathoai_memory_critical_threshold_ratio", t.critical_ratio)
         yield _gauge("pathoai_memory_emergency_threshold_bytes", t.floor_bytes)

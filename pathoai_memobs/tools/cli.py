@@ -14,6 +14,7 @@ from typing import NoReturn
 from ..config import MemoryConfig
 from ..exceptions import ConfigError
 from ..monitor import MemoryMonitor
+from ..pressure import rungs_in_order
 
 
 def _seconds(text: str) -> float:
@@ -76,13 +77,29 @@ def _watch(args: argparse.Namespace) -> int:
         time.sleep(args.interval)
 
 
+def _rungs(monitor: MemoryMonitor, total_bytes: int) -> dict[str, object]:
+    """The rungs in force at this limit (fitted in small containers) and whether in order."""
+    t = monitor.thresholds.for_total(total_bytes)
+    return {
+        "warning_ratio": round(t.warning_ratio, 4),
+        "critical_ratio": round(t.critical_ratio, 4),
+        "floor_bytes": t.floor_bytes,
+        "in_order": rungs_in_order(t, total_bytes),
+    }
+
+
 def _check_config(args: argparse.Namespace) -> int:
     config = MemoryConfig.from_env()
+    monitor = MemoryMonitor(config)
+    rungs = _rungs(monitor, monitor.sample().total_bytes)
     if args.json:
-        print(json.dumps(config.as_dict()))
+        print(json.dumps({**config.as_dict(), "rungs_at_this_limit": rungs}))
     else:
         for name, value in config.as_dict().items():
             print(f"{name:36} {value!s:>10}  ({config.source_of(name)})")
+        order = "in order" if rungs["in_order"] else "OUT OF ORDER (the floor comes first)"
+        w, c, f = rungs["warning_ratio"], rungs["critical_ratio"], rungs["floor_bytes"]
+        print(f"rungs at this limit: warning {w}, critical {c}, floor {f} bytes: {order}")
     return 0
 
 
@@ -102,6 +119,7 @@ def _status(args: argparse.Namespace) -> int:
         "used_ratio": round(r.used_ratio, 4),
         "process_rss_bytes": r.process_rss_bytes,
         "level": monitor.level.name,
+        "rungs": _rungs(monitor, r.total_bytes),
     }
     if args.json:
         print(json.dumps({"reading": reading, "config": settings}))
@@ -112,6 +130,13 @@ def _status(args: argparse.Namespace) -> int:
     print(f"used       {r.used_bytes / mib:,.0f} MiB ({r.used_ratio:.1%})")
     print(f"available  {r.available_bytes / mib:,.0f} MiB")
     print(f"level      {monitor.level.name}")
+    rungs = reading["rungs"]
+    assert isinstance(rungs, dict)
+    print(
+        f"rungs      warning {rungs['warning_ratio']:.1%}, critical {rungs['critical_ratio']:.1%}, "
+        f"floor {monitor.thresholds.floor_bytes / mib:,.0f} MiB"
+        + ("" if rungs["in_order"] else "  OUT OF ORDER: the floor comes first at this limit")
+    )
     print("configuration in force:")
     for name, item in settings.items():
         print(f"  {name:36} {item['value']!s:>10}  ({item['source']})")

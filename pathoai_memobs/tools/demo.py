@@ -151,7 +151,7 @@ def status_lines(scene: Scene, elapsed: float) -> list[str]:
 
     r = monitor.last_reading or monitor.sample()
     agg = sessions.aggregates()
-    t = monitor.thresholds
+    t = monitor.thresholds.for_total(r.total_bytes)  # the rungs fitted to this limit
     totals = monitor.emergency_totals
     snap = GC_PAUSES.snapshot()
     removed = ", ".join(f"{n} {k}" for k, n in sorted(agg.removed_total.items())) or "none"
