@@ -19,8 +19,8 @@ import time
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
+from typing import Final
 
-from .emergency import DURATION_BUCKETS
 from .exceptions import InsufficientMemoryError, ReadingUnavailableError
 from .forksafe import after_fork_in_child
 from .logging import REQUEST_REJECTED, WARNING, RateLimit, emit
@@ -28,17 +28,23 @@ from .pressure import Level, admits, retry_after_s
 from .reading import Reading
 from .units import MIB
 
+#: Upper bounds (seconds) of the wait histogram: waits are bounded by the callers' wait_s.
+WAIT_BUCKETS: Final[tuple[float, ...]] = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
 
 class WaitStats:
-    """How long holds waited in line: a histogram (``emergency.DURATION_BUCKETS``) by outcome."""
+    """How long holds waited in line (a histogram over ``WAIT_BUCKETS``), and how many gave
+    up (timeouts, which are refusals too)."""
 
     def __init__(self) -> None:
-        self.buckets = {o: [0] * (len(DURATION_BUCKETS) + 1) for o in ("admitted", "timeout")}
-        self.sum_s = {"admitted": 0.0, "timeout": 0.0}
+        self.buckets = [0] * (len(WAIT_BUCKETS) + 1)
+        self.sum_s = 0.0
+        self.timeouts = 0
 
     def record(self, outcome: str, waited_s: float) -> None:
-        self.buckets[outcome][bisect_left(DURATION_BUCKETS, waited_s)] += 1
-        self.sum_s[outcome] += waited_s
+        self.buckets[bisect_left(WAIT_BUCKETS, waited_s)] += 1
+        self.sum_s += waited_s
+        self.timeouts += outcome == "timeout"
 
 
 class Admission:

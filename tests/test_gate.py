@@ -80,7 +80,7 @@ def test_a_waiting_request_is_admitted_when_memory_is_released() -> None:
     t.join(5)
     assert done and done[0] >= 0.25
     assert m.reserved_bytes == 0 and m.admission.queue_length == 0
-    assert m.admission.waits.buckets["admitted"][-1] == 0  # recorded, far below 30 s
+    assert sum(m.admission.waits.buckets) == 1 and m.admission.waits.buckets[-1] == 0
 
 
 def test_first_come_first_served_a_large_request_is_not_starved() -> None:
@@ -116,7 +116,7 @@ def test_a_wait_that_runs_out_is_refused_with_a_hint_from_the_line() -> None:
             pass
         assert 0.35 < time.monotonic() - started < 3
     assert refused.value.retry_after_s is not None and refused.value.retry_after_s >= 1
-    assert m.admission.queue_length == 0 and m.admission.waits.sum_s["timeout"] > 0.3
+    assert m.admission.queue_length == 0 and m.admission.waits.timeouts == 1
     assert m.admission.requests_total == 2 and m.requests_rejected_total == 1
 
 

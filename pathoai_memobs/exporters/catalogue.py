@@ -76,7 +76,8 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
     Metric("pathoai_requests_rejected_total", "counter", "", (), "Requests refused by admission control.", "sum", otel=(OTel("pathoai.requests.rejected", "{request}", "counter"),)),
     Metric("pathoai_requests_total", "counter", "", (), "Requests that asked admission for memory (admitted or refused, each once): the denominator of the refusal ratio.", "sum", otel=(OTel("pathoai.requests", "{request}", "counter"),)),
     Metric("pathoai_admission_queue_length", "gauge", "", (), "Reservations waiting in line for memory now.", "sum", otel=(OTel("pathoai.admission.queue.length", "{request}", "updown"),)),
-    Metric("pathoai_admission_wait_seconds", "histogram", "seconds", ("outcome",), "How long reservations waited in line, by outcome: admitted or timeout (then refused).", "sum"),
+    Metric("pathoai_admission_waits_total", "counter", "", (), "Reservations that waited in line, admitted or not (those that ran out are also refusals).", "sum"),
+    Metric("pathoai_admission_wait_seconds_total", "counter", "seconds", (), "Seconds reservations spent waiting in line, all together (over the waits: the average wait).", "sum"),
     # sessions
     Metric("pathoai_sessions_active", "gauge", "", (), "Live sessions.", "sum", otel=(OTel("pathoai.session.active", "{session}", "updown"),)),
     Metric("pathoai_sessions_created_total", "counter", "", (), "Sessions created.", "sum", otel=(OTel("pathoai.session.created", "{session}", "counter"),)),

@@ -233,13 +233,8 @@ def _admission(m: MemoryMonitor) -> Iterator[Metric]:
     a = m.admission
     yield _counter("pathoai_requests_total", a.requests_total)
     yield _gauge("pathoai_admission_queue_length", a.queue_length)
-    spec = BY_NAME["pathoai_admission_wait_seconds"]
-    hist = HistogramMetricFamily(spec.name, spec.help, labels=["outcome"])
-    for outcome, counts in a.waits.buckets.items():
-        cumulative = map(float, accumulate(counts))
-        pairs = list(zip(_bounds(DURATION_BUCKETS), cumulative, strict=True))
-        hist.add_metric([outcome], pairs, a.waits.sum_s[outcome])
-    yield hist
+    yield _counter("pathoai_admission_waits_total", sum(a.waits.buckets))
+    yield _counter("pathoai_admission_wait_seconds_total", a.waits.sum_s)
 
 
 def instrument(
