@@ -44,6 +44,7 @@ EXPORTER_EXPOSED: Final = "exporter_exposed"
 EXPORTER_CLIENT_DROPPED: Final = "exporter_client_dropped"
 GC_TIMER_UNAVAILABLE: Final = "gc_timer_unavailable"
 RUNGS_OUT_OF_ORDER: Final = "rungs_out_of_order"
+ROUTE_NEVER_FITS: Final = "route_never_fits"
 
 Format = Literal["auto", "json", "console"]
 

@@ -224,3 +224,21 @@ def test_wsgi_library_errors_become_http_answers() -> None:
         {}, lambda status, headers, exc_info=None: seen.append(status)
     )
     assert seen == ["404 Not Found"] and b"session_not_found" in b"".join(body)
+
+
+def test_a_route_that_can_never_fit_is_reported_when_the_middleware_is_built(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monitor = MemoryMonitor(MemoryConfig(), sampler=Settable(4 * GIB))  # 8 GiB limit
+    app = Starlette(routes=[])
+    app.add_middleware(
+        ASGIAdmission,
+        monitor=monitor,
+        routes={"POST /analyze": 8000, "POST /upload": 600, "/sized": lambda scope: 1e9},
+    )
+    with TestClient(app):
+        pass  # the middleware stack is built on start
+    reported = [r.msg for r in caplog.records if isinstance(r.msg, dict)]
+    reported = [m for m in reported if m["event"] == "route_never_fits"]
+    assert [m["route"] for m in reported] == ["POST /analyze"]  # 8000 MiB > 8 GiB - 500 MiB
+    assert reported[0]["grantable_bytes"] == 8 * GIB - 500 * MIB

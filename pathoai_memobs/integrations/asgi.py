@@ -9,7 +9,7 @@ from typing import Any
 from ..exceptions import InsufficientMemoryError, MemoryManagementError
 from ..monitor import MemoryMonitor
 from ..units import non_negative
-from .routes import Answer, RouteTable, Size, error_answer, refusal
+from .routes import Answer, RouteTable, Size, error_answer, refusal, report_routes_that_never_fit
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -38,6 +38,7 @@ class MemoryAdmissionMiddleware:
         self.app = app
         self.monitor = monitor
         self.routes = RouteTable.compile(routes)
+        report_routes_that_never_fit(self.routes, monitor)  # refused even idle: say so now
         self.wait_s = non_negative("wait_s", wait_s, maximum=3600)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -12,13 +12,17 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..exceptions import InsufficientMemoryError, SessionMemoryLimitError, SessionNotFoundError
-from ..units import to_bytes_mb
+from ..logging import ROUTE_NEVER_FITS, WARNING, emit
+from ..units import MIB, to_bytes_mb
 
 #: MiB for a route, or a callable that returns them for one request (scope or environ).
 Size = float | Callable[[Any], float]
+if TYPE_CHECKING:
+    from ..monitor import MemoryMonitor
+
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -70,6 +74,29 @@ class RouteTable:
             if (m is None or m == method) and path.startswith(prefix):
                 return mb
         return None
+
+
+def report_routes_that_never_fit(table: RouteTable, monitor: MemoryMonitor) -> list[str]:
+    """Warn (``route_never_fits``) of each fixed route size larger than what admission can
+    ever grant at this limit (the limit less the floor): such a route is refused even idle,
+    and nothing else says why. The keys, for the caller."""
+    reading = monitor.last_reading or monitor.sample()
+    grantable = reading.total_bytes - monitor.floor_bytes
+    never = []
+    sizes = [(m, p, mb) for (m, p), mb in table.exact.items()] + list(table.prefixes)
+    for method, path, mb in sizes:
+        if not callable(mb) and mb * MIB > grantable:
+            key = f"{method} {path}" if method else path
+            never.append(key)
+            emit(
+                WARNING,
+                ROUTE_NEVER_FITS,
+                route=key,
+                required_bytes=int(mb * MIB),
+                grantable_bytes=max(0, grantable),
+                limit_bytes=reading.total_bytes,
+            )
+    return never
 
 
 Answer = tuple[int, list[tuple[str, str]], bytes]

@@ -11,7 +11,7 @@ from typing import Any
 from ..exceptions import InsufficientMemoryError, MemoryManagementError
 from ..monitor import MemoryMonitor
 from ..units import non_negative
-from .routes import REASONS, RouteTable, Size, error_answer, refusal
+from .routes import REASONS, RouteTable, Size, error_answer, refusal, report_routes_that_never_fit
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -56,6 +56,7 @@ class MemoryAdmissionMiddleware:
         self.app = app
         self.monitor = monitor
         self.routes = RouteTable.compile(routes)
+        report_routes_that_never_fit(self.routes, monitor)  # refused even idle: say so now
         self.wait_s = non_negative("wait_s", wait_s, maximum=3600)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
