@@ -20,9 +20,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from .admission import Admission
 from .errors import ErrorCounts
@@ -71,6 +71,32 @@ class AdmissionGate:
     ) -> InsufficientMemoryError | None:
         """Admit ``required`` bytes (held when ``hold``), freeing and waiting as above; the
         refusal, counted and logged, where it does not fit in time."""
+        steps = self._steps(required, hold, wait_s)
+        try:
+            while True:
+                self._admission.wait_for_change(next(steps))
+        except StopIteration as done:
+            return cast("InsufficientMemoryError | None", done.value)
+        finally:  # interrupted while waiting: give the place in line up now
+            steps.close()
+
+    async def admit_async(self, required: int, *, wait_s: float) -> InsufficientMemoryError | None:
+        """``admit(required, hold=True, wait_s=...)`` for an event loop: the wait never
+        blocks it (each look is a quick, non-blocking decision)."""
+        steps = self._steps(required, True, wait_s)
+        try:
+            while True:
+                await asyncio.sleep(next(steps))
+        except StopIteration as done:
+            return cast("InsufficientMemoryError | None", done.value)
+        finally:  # cancelled (a client went away) while waiting: give the place up now
+            steps.close()
+
+    def _steps(
+        self, required: int, hold: bool, wait_s: float
+    ) -> Generator[float, None, InsufficientMemoryError | None]:
+        """The decision, as a generator that yields how long to wait before looking again;
+        it returns the refusal (or None). Sync and async callers differ only in the wait."""
         self._admission.count_request()
         admitted, reading, reserved = self._try(required, hold, 0)
         if not admitted and self._free(required, reading, reserved):
@@ -79,9 +105,7 @@ class AdmissionGate:
             return None
         if not hold or wait_s <= 0:
             return self._refuse(required, reading, reserved)
-        ticket = self._admission.join()
-        started = self._clock()
-        deadline = started + wait_s
+        ticket, started = self._admission.join(), self._clock()
         try:
             while True:
                 admitted, reading, reserved = self._try(required, hold, ticket)
@@ -90,45 +114,13 @@ class AdmissionGate:
                 if admitted:
                     self._waited("admitted", started)
                     return None
-                left = deadline - self._clock()
+                left = started + wait_s - self._clock()
                 if left <= 0:
-                    break
-                self._admission.wait_for_change(min(left, POLL_S))
-        except BaseException:
+                    return self._give_up(ticket, started, required, reading, reserved)
+                yield min(left, POLL_S)
+        except BaseException:  # interrupted while waiting (GeneratorExit included)
             self._admission.leave(ticket)
             raise
-        return self._give_up(ticket, started, required, reading, reserved)
-
-    async def admit_async(self, required: int, *, wait_s: float) -> InsufficientMemoryError | None:
-        """``admit(required, hold=True, wait_s=...)`` for an event loop: the wait never
-        blocks it (each look is a quick, non-blocking decision)."""
-        self._admission.count_request()
-        admitted, reading, reserved = self._try(required, True, 0)
-        if not admitted and self._free(required, reading, reserved):
-            admitted, reading, reserved = self._try(required, True, 0)
-        if admitted:
-            return None
-        if wait_s <= 0:
-            return self._refuse(required, reading, reserved)
-        ticket = self._admission.join()
-        started = self._clock()
-        deadline = started + wait_s
-        try:
-            while True:
-                admitted, reading, reserved = self._try(required, True, ticket)
-                if not admitted and self._first(ticket) and self._free(required, reading, reserved):
-                    admitted, reading, reserved = self._try(required, True, ticket)
-                if admitted:
-                    self._waited("admitted", started)
-                    return None
-                left = deadline - self._clock()
-                if left <= 0:
-                    break
-                await asyncio.sleep(min(left, POLL_S))
-        except BaseException:
-            self._admission.leave(ticket)
-            raise
-        return self._give_up(ticket, started, required, reading, reserved)
 
     @contextmanager
     def hold(self, required: int, wait_s: float) -> Iterator[None]:

@@ -117,8 +117,13 @@ def check_stack_command(command: list[str], cwd: str | None = None) -> None:
         stack.terminate(proc)  # SIGTERM first: the stack command then stops its own servers
     assert proc.returncode == 0, err
     assert "stack stopped" in out
+    assert_nothing_serves(prom, am)
+
+
+def assert_nothing_serves(*ports: int) -> None:
+    """Fail if anything still answers on these loopback ports (after a short grace)."""
     time.sleep(0.5)
-    for port in (prom, am):
+    for port in ports:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2)
             raise AssertionError(f"port {port} still served after stop")

@@ -165,3 +165,23 @@ def test_a_route_may_size_each_request_itself() -> None:
     with TestClient(app) as client:
         assert client.post("/upload", content=b"x" * MIB).status_code == 200
     assert seen == [2 * MIB]
+
+
+def test_a_cancelled_async_wait_gives_its_place_in_line_up_at_once() -> None:
+    m, _, _ = setting(1200 * MIB)
+    with m.reserve(650):
+
+        async def main() -> None:
+            async def wait() -> None:
+                async with m.reserve_async(600, wait_s=30):
+                    pass
+
+            task = asyncio.create_task(wait())
+            await asyncio.sleep(0.2)
+            assert m.admission.queue_length == 1
+            task.cancel()  # the client went away
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert m.admission.queue_length == 0
+
+        asyncio.run(main())

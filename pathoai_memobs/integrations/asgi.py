@@ -3,13 +3,11 @@ and the mapping of library errors raised anywhere in the app to HTTP answers."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from ..exceptions import InsufficientMemoryError, MemoryManagementError
-from ..monitor import MemoryMonitor
-from ..units import non_negative
-from .routes import Answer, RouteTable, Size, error_answer, refusal, report_routes_that_never_fit
+from .routes import AdmissionMiddlewareBase, Answer, error_answer, refusal
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -18,7 +16,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class MemoryAdmissionMiddleware:
+class MemoryAdmissionMiddleware(AdmissionMiddlewareBase[ASGIApp]):
     """Reserve the marked memory for each marked request, or answer 503 without calling
     the app. A request that does not fit waits in line up to ``wait_s`` (10 s by default;
     the event loop goes on) while idle memory is freed and others finish; then 503 with a
@@ -26,20 +24,6 @@ class MemoryAdmissionMiddleware:
 
     ``app.add_middleware(MemoryAdmissionMiddleware, monitor=m, routes={"POST /analyze": 1500})``
     """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        monitor: MemoryMonitor,
-        routes: Mapping[str, Size],
-        *,
-        wait_s: float = 10.0,
-    ) -> None:
-        self.app = app
-        self.monitor = monitor
-        self.routes = RouteTable.compile(routes)
-        report_routes_that_never_fit(self.routes, monitor)  # refused even idle: say so now
-        self.wait_s = non_negative("wait_s", wait_s, maximum=3600)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..exceptions import InsufficientMemoryError, SessionMemoryLimitError, SessionNotFoundError
 from ..logging import ROUTE_NEVER_FITS, WARNING, emit
-from ..units import MIB, to_bytes_mb
+from ..units import MIB, non_negative, to_bytes_mb
 
 #: MiB for a route, or a callable that returns them for one request (scope or environ).
 Size = float | Callable[[Any], float]
@@ -74,6 +74,23 @@ class RouteTable:
             if (m is None or m == method) and path.startswith(prefix):
                 return mb
         return None
+
+
+AppT = TypeVar("AppT")
+
+
+class AdmissionMiddlewareBase(Generic[AppT]):
+    """What both admission middlewares (ASGI and WSGI) take: the app they wrap, the
+    monitor, the route table (checked for routes that never fit) and the wait in line."""
+
+    def __init__(
+        self, app: AppT, monitor: MemoryMonitor, routes: Mapping[str, Size], *, wait_s: float = 10.0
+    ) -> None:
+        self.app = app
+        self.monitor = monitor
+        self.routes = RouteTable.compile(routes)
+        self.wait_s = non_negative("wait_s", wait_s, maximum=3600)
+        report_routes_that_never_fit(self.routes, monitor)  # refused even idle: say so now
 
 
 def report_routes_that_never_fit(table: RouteTable, monitor: MemoryMonitor) -> list[str]:

@@ -4,14 +4,12 @@ the mapping of library errors raised by the app to HTTP answers."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
 from ..exceptions import InsufficientMemoryError, MemoryManagementError
-from ..monitor import MemoryMonitor
-from ..units import non_negative
-from .routes import REASONS, RouteTable, Size, error_answer, refusal, report_routes_that_never_fit
+from .routes import REASONS, AdmissionMiddlewareBase, error_answer, refusal
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -38,26 +36,12 @@ class _Releasing:
                 self._reservation = None
 
 
-class MemoryAdmissionMiddleware:
+class MemoryAdmissionMiddleware(AdmissionMiddlewareBase[WSGIApp]):
     """Reserve the marked memory for each marked request, or answer 503 without calling
     the app. A request that does not fit waits in line up to ``wait_s`` (10 s by default)
     while idle memory is freed and others finish; then 503 with a Retry-After from the line.
     ``app.wsgi_app = MemoryAdmissionMiddleware(app.wsgi_app, monitor, routes)``
     """
-
-    def __init__(
-        self,
-        app: WSGIApp,
-        monitor: MemoryMonitor,
-        routes: Mapping[str, Size],
-        *,
-        wait_s: float = 10.0,
-    ) -> None:
-        self.app = app
-        self.monitor = monitor
-        self.routes = RouteTable.compile(routes)
-        report_routes_that_never_fit(self.routes, monitor)  # refused even idle: say so now
-        self.wait_s = non_negative("wait_s", wait_s, maximum=3600)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         size = self.routes.need(environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "/"))
