@@ -47,6 +47,10 @@ DURATION_BUCKETS: Final[tuple[float, ...]] = (
     30.0,
 )
 
+#: A user callback that ran and freed nothing this many runs in a row is flagged (logged
+#: once, and its pathoai_cleanup_callback_futile_runs gauge shows the streak).
+FUTILE_AFTER: Final = 5
+
 #: Names of the built-in steps, run after the user's callbacks in this order.
 BUILTIN_STEPS: Final = ("expired_sessions", "full_collection", "evict_sessions")
 
@@ -162,13 +166,31 @@ class EmergencyTotals:
     callback_overruns: Counter[str] = field(default_factory=Counter)
     evicted_sessions: int = 0
     last: EmergencyRun | None = None
+    #: Available memory each user callback won back, and for how many of its runs in a row
+    #: it won back nothing (0 again once it frees something).
+    callback_freed_bytes: Counter[str] = field(default_factory=Counter)
+    callback_futile_runs: Counter[str] = field(default_factory=Counter)
 
-    def record(self, run: EmergencyRun) -> None:
+    def record(self, run: EmergencyRun, callbacks: frozenset[str] = frozenset()) -> list[str]:
+        """Count ``run``; the user callbacks (named in ``callbacks``) that have now freed
+        nothing for ``FUTILE_AFTER`` runs in a row, to be flagged once per streak."""
         self.runs += 1
         self.freed_bytes += run.freed_bytes
         self.duration_sum_s += run.duration_s
         self.duration_buckets[bisect_left(DURATION_BUCKETS, run.duration_s)] += 1
         self.last = run
+        flagged = []
+        for step in run.steps:
+            if step.name not in callbacks or step.status is not StepStatus.OK:
+                continue
+            self.callback_freed_bytes[step.name] += step.freed_bytes
+            if step.freed_bytes > 0:
+                self.callback_futile_runs[step.name] = 0
+                continue
+            self.callback_futile_runs[step.name] += 1
+            if self.callback_futile_runs[step.name] == FUTILE_AFTER:
+                flagged.append(step.name)
+        return flagged
 
     def copy(self) -> EmergencyTotals:
         return EmergencyTotals(
@@ -180,6 +202,8 @@ class EmergencyTotals:
             Counter(self.callback_overruns),
             self.evicted_sessions,
             self.last,
+            Counter(self.callback_freed_bytes),
+            Counter(self.callback_futile_runs),
         )
 
     def cumulative_buckets(self) -> list[int]:

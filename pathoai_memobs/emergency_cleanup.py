@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .emergency import (
     BUILTIN_STEPS,
+    FUTILE_AFTER,
     CleanupCallback,
     EmergencyRun,
     EmergencyTotals,
@@ -27,7 +28,7 @@ from .emergency import (
     run_with_budget,
 )
 from .forksafe import after_fork_in_child
-from .logging import EMERGENCY_CLEANUP, WARNING, emit
+from .logging import CLEANUP_CALLBACK_FUTILE, EMERGENCY_CLEANUP, WARNING, emit
 from .reading import Reading
 from .units import non_negative, positive
 
@@ -187,9 +188,12 @@ class EmergencyCleanup:
             outcome.steps,
         )
         with self._lock:
-            self._totals.record(run)
+            names = frozenset(cb.name for cb in self._callbacks)
+            futile = self._totals.record(run, names)
             self._runs = [*self._runs[-(RUN_LOG - 1) :], run]
             self._runs_total += 1
+        for name in futile:
+            emit(WARNING, CLEANUP_CALLBACK_FUTILE, callback=name, runs=FUTILE_AFTER)
         emit(
             WARNING,
             EMERGENCY_CLEANUP,

@@ -200,3 +200,34 @@ def test_only_a_run_that_freed_nothing_holds_the_next_one() -> None:
     m._cleanup.start("level")
     time.sleep(0.05)
     assert m.emergency_totals.runs == 3
+
+
+def test_each_callbacks_freed_bytes_are_counted_and_one_that_frees_nothing_is_flagged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from pathoai_memobs.emergency import FUTILE_AFTER
+    from pathoai_memobs.exporters.prometheus import instrument
+
+    s = Scripted(100 * MIB)
+    m = MemoryMonitor(MemoryConfig(), sampler=s, emergency_cooldown_s=0)
+
+    def frees() -> None:
+        s.available += 10 * MIB
+
+    m.register_cleanup_callback(lambda: None, name="futile", priority=1)
+    m.register_cleanup_callback(frees, name="frees", priority=2)
+    for _ in range(FUTILE_AFTER + 2):
+        m.run_emergency_cleanup()
+    totals = m.emergency_totals
+    assert totals.callback_freed_bytes["frees"] == (FUTILE_AFTER + 2) * 10 * MIB
+    assert totals.callback_futile_runs == {"futile": FUTILE_AFTER + 2, "frees": 0}
+    flagged = [r.msg for r in caplog.records if isinstance(r.msg, dict)]
+    flagged = [e for e in flagged if e["event"] == "cleanup_callback_futile"]
+    assert [e["callback"] for e in flagged] == ["futile"]  # once per streak, not every run
+    registry = CollectorRegistry()
+    instrument(m, registry=registry)
+    text = generate_latest(registry).decode()
+    assert f'pathoai_cleanup_callback_futile_runs{{callback="futile"}} {FUTILE_AFTER + 2}.0' in text
+    assert 'pathoai_cleanup_callback_freed_bytes_total{callback="frees"} 7.340032e+07' in text

@@ -102,6 +102,8 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
     Metric("pathoai_emergency_cleanup_freed_bytes_total", "counter", "bytes", (), "Available memory won back by emergency cleanup runs.", "sum", otel=(OTel("pathoai.emergency.freed", "By", "counter"),)),
     Metric("pathoai_cleanup_callback_failures_total", "counter", "", ("callback",), "Emergency cleanup callbacks that raised, by callback name.", "sum", otel=(OTel("pathoai.cleanup_callback.failures", "{failure}", "counter", ("pathoai.cleanup_callback.name",)),)),
     Metric("pathoai_cleanup_callback_overruns_total", "counter", "", ("callback",), "Emergency cleanup callbacks that overran their time budget, by callback name.", "sum"),
+    Metric("pathoai_cleanup_callback_freed_bytes_total", "counter", "bytes", ("callback",), "Available memory each emergency cleanup callback won back, by callback name.", "sum", otel=(OTel("pathoai.cleanup_callback.freed", "By", "counter", ("pathoai.cleanup_callback.name",)),)),
+    Metric("pathoai_cleanup_callback_futile_runs", "gauge", "", ("callback",), "Runs in a row in which a cleanup callback ran and freed nothing (0 once it frees something; flagged at 5).", "max"),
     # the monitor itself
     Metric("pathoai_monitor_last_sample_timestamp_seconds", "gauge", "seconds", (), "Unix time of the monitor's last good reading (the oldest across workers).", "min", otel=(OTel("pathoai.monitor.last_sample_time", "s", "gauge"),)),
     Metric("pathoai_monitor_interval_seconds", "gauge", "seconds", (), "Configured sampling interval (MemoryConfig.monitoring_interval_sec).", "max"),

@@ -281,6 +281,9 @@ def _monitor_values(m: MemoryMonitor) -> dict[str, Values]:
         "pathoai_cleanup_callback_failures_total": lambda: _labelled(
             totals().callback_failures, m.cleanup_callback_names
         ),
+        "pathoai_cleanup_callback_freed_bytes_total": lambda: _labelled(
+            totals().callback_freed_bytes, m.cleanup_callback_names
+        ),
         "pathoai_monitor_last_sample_timestamp_seconds": lambda: m.last_sample_timestamp,
         "pathoai_monitor_errors_total": lambda: _labelled(m.errors_total, ERROR_PLACES),
     }

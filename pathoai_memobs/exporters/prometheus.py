@@ -173,25 +173,7 @@ class MemobsCollector(Collector):
         yield _gauge("pathoai_memory_reserved_bytes", m.reserved_bytes)
         yield _counter("pathoai_requests_rejected_total", m.requests_rejected_total)
         yield from _admission(m)
-        totals = m.emergency_totals
-        yield _counter("pathoai_emergency_cleanups_total", totals.runs)
-        spec = BY_NAME["pathoai_emergency_cleanup_duration_seconds"]
-        hist = HistogramMetricFamily(spec.name, spec.help)
-        cumulative = map(float, totals.cumulative_buckets())
-        hist.add_metric(
-            [], list(zip(_bounds(DURATION_BUCKETS), cumulative, strict=True)), totals.duration_sum_s
-        )
-        yield hist
-        yield _counter("pathoai_emergency_cleanup_freed_bytes_total", totals.freed_bytes)
-        failures = _counter("pathoai_cleanup_callback_failures_total")
-        overruns = _counter("pathoai_cleanup_callback_overruns_total")
-        names = dict.fromkeys(m.cleanup_callback_names)
-        for name in names | dict.fromkeys(totals.callback_failures):
-            failures.add_metric([name], totals.callback_failures.get(name, 0))
-        for name in names | dict.fromkeys(totals.callback_overruns):
-            overruns.add_metric([name], totals.callback_overruns.get(name, 0))
-        yield failures
-        yield overruns
+        yield from _emergency(m)
         yield _gauge("pathoai_monitor_last_sample_timestamp_seconds", m.last_sample_timestamp)
         yield _gauge("pathoai_monitor_interval_seconds", m.config.monitoring_interval_sec)
         yield _gauge("pathoai_monitor_running", 1 if m.running else 0)
@@ -226,6 +208,36 @@ class MemobsCollector(Collector):
                 top.add_metric([fp], nbytes)
             yield top
         yield _counter("pathoai_session_removal_hook_failures_total", agg.hook_failures_total)
+
+
+def _emergency(m: MemoryMonitor) -> Iterator[Metric]:
+    """Emergency runs and what each cleanup callback did in them."""
+    totals = m.emergency_totals
+    yield _counter("pathoai_emergency_cleanups_total", totals.runs)
+    spec = BY_NAME["pathoai_emergency_cleanup_duration_seconds"]
+    hist = HistogramMetricFamily(spec.name, spec.help)
+    cumulative = map(float, totals.cumulative_buckets())
+    hist.add_metric(
+        [], list(zip(_bounds(DURATION_BUCKETS), cumulative, strict=True)), totals.duration_sum_s
+    )
+    yield hist
+    yield _counter("pathoai_emergency_cleanup_freed_bytes_total", totals.freed_bytes)
+    failures = _counter("pathoai_cleanup_callback_failures_total")
+    overruns = _counter("pathoai_cleanup_callback_overruns_total")
+    names = dict.fromkeys(m.cleanup_callback_names)
+    for name in names | dict.fromkeys(totals.callback_failures):
+        failures.add_metric([name], totals.callback_failures.get(name, 0))
+    for name in names | dict.fromkeys(totals.callback_overruns):
+        overruns.add_metric([name], totals.callback_overruns.get(name, 0))
+    yield failures
+    yield overruns
+    freed = _counter("pathoai_cleanup_callback_freed_bytes_total")
+    futile = _gauge("pathoai_cleanup_callback_futile_runs")
+    for name in names | dict.fromkeys(totals.callback_freed_bytes):
+        freed.add_metric([name], totals.callback_freed_bytes.get(name, 0))
+        futile.add_metric([name], totals.callback_futile_runs.get(name, 0))
+    yield freed
+    yield futile
 
 
 def _admission(m: MemoryMonitor) -> Iterator[Metric]:
