@@ -75,13 +75,17 @@ def test_signals_inside_collections_leave_the_pause_histogram_consistent() -> No
     gc.callbacks[:] = [GC_PAUSES]
     delivered = [0]
 
-    loop_code = test_signals_inside_collections_leave_the_pause_histogram_consistent.__code__
+    def churn() -> None:  # cycles, and collections of them, all the time
+        junk = [[i] for i in range(2000)]
+        for a, b in itertools.pairwise(junk):
+            a.append(b)
+        gc.collect(0)
 
     def handler(signum: int, frame: types.FrameType | None) -> None:
         delivered[0] += 1
-        # As Ctrl-C in the loop below; not in a finaliser that a collection happens to run
-        # (Python ignores exceptions there, with a warning, whatever the library does).
-        if delivered[0] % 7 == 0 and frame is not None and frame.f_code is loop_code:
+        # As Ctrl-C inside churn() (whose caller catches it); not in a finaliser a collection
+        # happens to run, nor in the loop around it (Python could not catch it there).
+        if delivered[0] % 7 == 0 and frame is not None and frame.f_code is churn.__code__:
             raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGALRM, handler)
@@ -91,10 +95,7 @@ def test_signals_inside_collections_leave_the_pause_histogram_consistent() -> No
         deadline = time.monotonic() + 0.6
         while time.monotonic() < deadline:
             try:
-                junk = [[i] for i in range(2000)]
-                for a, b in itertools.pairwise(junk):
-                    a.append(b)
-                gc.collect(0)
+                churn()
             except KeyboardInterrupt:
                 interrupted += 1
     finally:
@@ -116,17 +117,15 @@ def test_an_interrupt_out_of_an_emergency_run_leaves_the_next_run_possible() -> 
     main = threading.get_ident()
     previous = signal.signal(signal.SIGUSR1, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
 
-    def slow() -> None:
-        time.sleep(0.3)  # in its own thread; the run waits for it in the main thread
+    def slow() -> None:  # in its own thread, while the run waits for it in the main thread
+        signal.pthread_kill(main, signal.SIGUSR1)  # so the signal lands inside the run
+        time.sleep(0.3)
 
     m.register_cleanup_callback(slow, name="slow")
-    timer = threading.Timer(0.1, signal.pthread_kill, (main, signal.SIGUSR1))
-    timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
             m.run_emergency_cleanup()
     finally:
-        timer.join()
         signal.signal(signal.SIGUSR1, previous)
     m.unregister_cleanup_callback("slow")
     s.available = GIB
