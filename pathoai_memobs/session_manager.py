@@ -324,11 +324,9 @@ class SessionManager:
     # -- internals --------------------------------------------------------------------------
 
     def _forked(self) -> None:
-        """In a forked child: a request thread may have held the lock; the sweeper is gone."""
+        """In a forked child: a request thread may have held the lock (the sweeper renews
+        itself)."""
         self._lock = threading.RLock()
-        self._sweeper = Sweeper(
-            self.cleanup_inactive_sessions, name="pathoai-session-sweeper", where="session_sweep"
-        )
 
     def _expired(self, session: SessionRecord, now: float) -> bool:
         return session.pins == 0 and now - session.last_mono > self.timeout_s

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from .forksafe import after_fork_in_child
 from .logging import ERROR, MONITOR_ERROR, emit
 
 
@@ -19,6 +20,11 @@ class Sweeper:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        after_fork_in_child(self._forked)
+
+    def _forked(self) -> None:
+        """In a forked child the thread is gone and its lock may have been held."""
+        self._lock, self._thread, self._stop = threading.Lock(), None, threading.Event()
 
     def start(self, interval_s: float) -> None:
         """Start (idempotent while running)."""
