@@ -11,9 +11,8 @@ for EMERGENCY, once available memory is ``floor_margin_bytes`` (a tenth of the f
 
 from __future__ import annotations
 
-import functools
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -51,6 +50,11 @@ class Thresholds:
     #: Fit the ratio rungs below the floor in small containers (see ``for_total``): on for
     #: the default ratios, off where they were configured explicitly.
     fit_to_floor: bool = False
+    #: The fitted rungs by limit, so ``for_total`` on the hot path is one dict lookup (an
+    #: lru_cache would hash every field of this dataclass on each call).
+    _fits: dict[int, Thresholds] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         if not 0 < self.warning_ratio < self.critical_ratio <= 1:
@@ -82,7 +86,12 @@ class Thresholds:
         warning could ever show)."""
         if not self.fit_to_floor or total_bytes <= 0:
             return self
-        return _fitted(self, total_bytes)
+        fitted = self._fits.get(total_bytes)
+        if fitted is None:
+            if len(self._fits) >= 32:  # limits seldom change: keep the cache small anyway
+                self._fits.clear()
+            fitted = self._fits[total_bytes] = _fitted(self, total_bytes)
+        return fitted
 
     @property
     def restored_bytes(self) -> int:
@@ -94,7 +103,6 @@ class Thresholds:
 RUNG_GAP = 0.05
 
 
-@functools.lru_cache(maxsize=32)
 def _fitted(t: Thresholds, total_bytes: int) -> Thresholds:
     floor_at = 1 - t.floor_bytes / total_bytes  # the used ratio at which the floor begins
     warning = min(t.warning_ratio, floor_at - 2 * RUNG_GAP)
