@@ -154,6 +154,16 @@ class EmergencyRun:
         return max(0, self.available_after - self.available_before)
 
 
+def cooldown_after(run: EmergencyRun | None, cooldown_s: float) -> float:
+    """Seconds the next run must wait after ``run``: the cooldown only when the run was
+    futile (it ran steps, won nothing back and memory is still short) or could not read
+    memory at all. A run that found memory already restored ran nothing and proves nothing:
+    holding the next one then let a steadily allocating process reach the OOM killer."""
+    if run is None:
+        return cooldown_s
+    return 0.0 if run.restored or run.freed_bytes > 0 else cooldown_s
+
+
 @dataclass
 class EmergencyTotals:
     """Counters since start, for the exporters (a copy is handed out; never shared live)."""

@@ -3,8 +3,8 @@
 The plan is data: the user's callbacks in priority order (each in its own thread within
 its budget), then the built-in steps named by ``emergency.BUILTIN_STEPS``: expired
 sessions, a full collection, least-recently-used eviction. ``emergency.run_plan`` runs it.
-The cooldown holds the next run only after a run that freed nothing: while memory keeps
-falling and each run wins something back, cleanup keeps up with the allocation.
+The cooldown holds the next run only after a futile one (``emergency.cooldown_after``): while
+each run wins memory back, or finds it already restored, cleanup keeps up with the allocation.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from .emergency import (
     RegisteredCallback,
     Step,
     StepStatus,
+    cooldown_after,
     run_plan,
     run_with_budget,
 )
@@ -155,9 +156,8 @@ class EmergencyCleanup:
             self._count_error("emergency_run", exc)
         finally:
             self._run_lock.release()
-        freed = run.freed_bytes if run is not None else 0
-        with self._lock:  # only a run that won nothing back waits out the cooldown
-            self._next_start = self._clock() + (self.cooldown_s if freed == 0 else 0.0)
+        with self._lock:
+            self._next_start = self._clock() + cooldown_after(run, self.cooldown_s)
         return run
 
     def plan(self) -> list[Step]:

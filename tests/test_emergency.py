@@ -6,10 +6,12 @@ from __future__ import annotations
 import threading
 
 from pathoai_memobs.emergency import (
+    EmergencyRun,
     EmergencyTotals,
     RegisteredCallback,
     Step,
     StepStatus,
+    cooldown_after,
     run_plan,
     run_with_budget,
 )
@@ -74,6 +76,31 @@ def test_memory_taken_meanwhile_counts_as_nothing_freed() -> None:
 
     outcome = run_plan([Step("busy", others_allocate)], mem.measure, 550 * MIB)
     assert outcome.steps[0].freed_bytes == 0 and outcome.available_after == 70 * MIB
+
+
+def test_only_a_futile_run_or_a_failed_reading_holds_the_next_one() -> None:
+    """The cooldown follows what a run proved: nothing left to win, or no reading at all."""
+
+    def run(before: int, after: int, steps: int = 1) -> EmergencyRun:
+        mem = Memory(before)
+        plan = [Step(f"s{i}", lambda: StepStatus.OK) for i in range(steps)]
+        outcome = run_plan(plan, lambda: after if mem.measures else mem.measure(), 550 * MIB)
+        return EmergencyRun(
+            "level",
+            0.0,
+            0.1,
+            before,
+            outcome.available_after,
+            outcome.available_after >= 550 * MIB,
+            outcome.steps,
+        )
+
+    assert cooldown_after(run(100 * MIB, 90 * MIB), 5.0) == 5.0  # ran, won nothing back
+    assert cooldown_after(run(100 * MIB, 200 * MIB), 5.0) == 0.0  # won some: go on at once
+    already = run(600 * MIB, 600 * MIB)  # restored before it began: it ran no step
+    assert already.steps == () and already.freed_bytes == 0
+    assert cooldown_after(already, 5.0) == 0.0  # proves nothing about what is left to win
+    assert cooldown_after(None, 5.0) == 5.0  # could not read memory: do not spin on it
 
 
 def test_a_callback_that_raises_overruns_or_still_runs() -> None:
