@@ -147,6 +147,7 @@ class EmergencyRun:
     available_after: int
     restored: bool
     steps: tuple[StepResult, ...]
+    evicted_sessions: int = 0  # sessions this run removed
 
     @property
     def freed_bytes(self) -> int:
@@ -157,11 +158,13 @@ class EmergencyRun:
 def cooldown_after(run: EmergencyRun | None, cooldown_s: float) -> float:
     """Seconds the next run must wait after ``run``: the cooldown only when the run was
     futile (it ran steps, won nothing back and memory is still short) or could not read
-    memory at all. A run that found memory already restored ran nothing and proves nothing:
-    holding the next one then let a steadily allocating process reach the OOM killer."""
+    memory at all. A run that found memory already restored ran nothing and proves nothing,
+    and one that evicted sessions did free them though allocation meanwhile hid the gain:
+    holding the next after either let a steadily allocating process reach the OOM killer."""
     if run is None:
         return cooldown_s
-    return 0.0 if run.restored or run.freed_bytes > 0 else cooldown_s
+    won = run.restored or run.freed_bytes > 0 or run.evicted_sessions > 0
+    return 0.0 if won else cooldown_s
 
 
 @dataclass

@@ -177,6 +177,7 @@ class EmergencyCleanup:
     def _run(self, reason: str) -> EmergencyRun:
         start = self._clock()
         started_at = time.time()
+        evicted_before = self.totals.evicted_sessions
         outcome = run_plan(self.plan(), self._available, self.target_bytes, self._clock)
         run = EmergencyRun(
             reason,
@@ -186,6 +187,7 @@ class EmergencyCleanup:
             outcome.available_after,
             outcome.available_after >= self.target_bytes,
             outcome.steps,
+            self.totals.evicted_sessions - evicted_before,
         )
         with self._lock:
             names = frozenset(cb.name for cb in self._callbacks)

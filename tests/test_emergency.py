@@ -3,6 +3,7 @@ inside its budget."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 from pathoai_memobs.emergency import (
@@ -100,6 +101,8 @@ def test_only_a_futile_run_or_a_failed_reading_holds_the_next_one() -> None:
     already = run(600 * MIB, 600 * MIB)  # restored before it began: it ran no step
     assert already.steps == () and already.freed_bytes == 0
     assert cooldown_after(already, 5.0) == 0.0  # proves nothing about what is left to win
+    raced = dataclasses.replace(run(100 * MIB, 100 * MIB), evicted_sessions=1)
+    assert cooldown_after(raced, 5.0) == 0.0  # evicted one while as much was allocated
     assert cooldown_after(None, 5.0) == 5.0  # could not read memory: do not spin on it
 
 
