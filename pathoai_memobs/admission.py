@@ -23,6 +23,7 @@ from typing import Final
 
 from .exceptions import InsufficientMemoryError, ReadingUnavailableError
 from .forksafe import after_fork_in_child
+from .ledger import Ledger, LocalLedger
 from .logging import REQUEST_REJECTED, WARNING, RateLimit, emit
 from .pressure import Level, admits, retry_after_s
 from .reading import Reading
@@ -51,9 +52,14 @@ class Admission:
     """Reserved bytes and refusals for one monitor; ``lock`` also guards its readings."""
 
     def __init__(
-        self, floor_bytes: int, interval_s: float, clock: Callable[[], float] = time.monotonic
+        self,
+        floor_bytes: int,
+        interval_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        ledger: Ledger | None = None,
     ) -> None:
         self.floor_bytes = floor_bytes
+        self.ledger: Ledger = LocalLedger() if ledger is None else ledger
         self.interval_s = interval_s
         self.lock = threading.Lock()
         self._changed = threading.Condition(self.lock)  # a release, or the line moved
@@ -69,7 +75,8 @@ class Admission:
 
     @property
     def reserved_bytes(self) -> int:
-        """Bytes held by admitted operations still in flight."""
+        """Bytes held by this monitor's admitted operations still in flight (the ledger
+        holds every process's where it is shared)."""
         return self._reserved
 
     @property
@@ -97,16 +104,25 @@ class Admission:
         """Decide for ``required`` bytes (holding them when admitted and ``hold``); the
         caller holds the lock. A hold waits its turn: while others wait in line, only the
         first in line (``ticket``) may be admitted, so a stream of small requests never
-        starves a large one. (admitted, bytes reserved before this one)."""
-        reserved = self._reserved
+        starves a large one. Reserved bytes are the ledger's: every worker's where it is
+        shared, with a dead worker's released before a refusal counts them.
+        (admitted, bytes reserved before this one)."""
         line = self._line
-        if hold and line and line[0] != ticket:
-            return False, reserved
-        admitted = level is not Level.EMERGENCY and admits(
-            available_bytes, reserved, required, self.floor_bytes
-        )
+        ledger = self.ledger
+        with ledger.transaction():
+            reserved = ledger.total()
+            if hold and line and line[0] != ticket:
+                return False, reserved
+            if level is Level.EMERGENCY:
+                return False, reserved
+            admitted = admits(available_bytes, reserved, required, self.floor_bytes)
+            if not admitted and reserved > self._reserved and ledger.reap():
+                reserved = ledger.total()
+                admitted = admits(available_bytes, reserved, required, self.floor_bytes)
+            if admitted and hold:
+                ledger.add(required)
         if admitted and hold:
-            self._reserved = reserved + required
+            self._reserved += required
             if line and line[0] == ticket:
                 line.popleft()
                 self._changed.notify_all()
@@ -156,10 +172,14 @@ class Admission:
         self.lock = threading.Lock()  # a request thread may have held it at the fork
         self._changed = threading.Condition(self.lock)
         self._line.clear()  # the parent's waiters did not come along
+        self._reserved = 0  # nor its requests in flight
+        self.ledger.forked()
 
     def release(self, required: int, held_s: float | None = None) -> None:
         """Give back what an admitted ``hold`` took (held for ``held_s``, when known)."""
         with self.lock:
+            with self.ledger.transaction():
+                self.ledger.add(-required)
             self._reserved -= required
             if held_s is not None:
                 self._hold_s += 0.2 * (held_s - self._hold_s)

@@ -17,15 +17,21 @@ from typing import Any, Final
 from .defaults import DEFAULTS, GC_LEVELS, GCAggressiveness
 from .exceptions import ConfigError
 
-#: Environment variables read by ``from_env``, by field name (the reference's four).
+#: Environment variables read by ``from_env``, by field name (the reference's four, then
+#: ours).
 ENV_VARS: Final[Mapping[str, str]] = MappingProxyType(
     {
         "max_memory_percent": "MAX_MEMORY_PERCENT",
         "max_session_memory_gb": "MAX_SESSION_MEMORY_GB",
         "session_timeout_minutes": "SESSION_TIMEOUT_MINUTES",
         "aggressive_gc": "AGGRESSIVE_GC",
+        "ledger_dir": "MEMORY_LEDGER_DIR",
     }
 )
+#: Where ``ledger_dir`` comes from when MEMORY_LEDGER_DIR is unset: the multiprocess
+#: directory, which every worker of a gunicorn/uvicorn service already shares.
+LEDGER_FALLBACK_VAR: Final = "PROMETHEUS_MULTIPROC_DIR"
+_STR_FIELDS: Final = ("ledger_dir",)
 
 _TRUE: Final = frozenset({"true", "1", "yes"})
 _FALSE: Final = frozenset({"false", "0", "no"})
@@ -112,6 +118,10 @@ class MemoryConfig:
     #: Beyond the reference: sessions idle this long may be freed (least recently used
     #: first) to admit a request that does not fit, before it is refused.
     session_idle_free_minutes: float = 5.0
+    #: Beyond the reference: a directory shared by every worker of one container, where
+    #: their reservations are booked in one ledger (``ledger.SharedLedger``); "" = this
+    #: process only.
+    ledger_dir: str = ""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -133,6 +143,11 @@ class MemoryConfig:
             return self.sources[name]
         return "code" if getattr(self, name) != _DEFAULT_VALUES[name] else "default"
 
+    def variable_of(self, name: str) -> str:
+        """The name an error about field ``name`` shows: its environment variable when it
+        came from one, else the field name."""
+        return _name(self, name)
+
     def as_dict(self) -> dict[str, Any]:
         """The settings as a plain dict (no ``sources``), e.g. for a status report."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sources"}
@@ -149,9 +164,15 @@ class MemoryConfig:
                 continue
             if name in _BOOL_FIELDS:
                 values[name] = parse_bool(variable, raw)
+            elif name in _STR_FIELDS:
+                values[name] = raw.strip()
             else:
                 values[name] = parse_number(variable, raw)
             sources[name] = f"env:{variable}"
+        fallback = env.get(LEDGER_FALLBACK_VAR, "").strip()
+        if "ledger_dir" not in values and fallback:
+            values["ledger_dir"] = fallback
+            sources["ledger_dir"] = f"env:{LEDGER_FALLBACK_VAR}"
         for name in _DEFAULT_VALUES:
             sources.setdefault(name, "default")
         try:
@@ -184,6 +205,10 @@ def _validate(config: MemoryConfig) -> None:
         if not isinstance(value, bool):
             raise ConfigError(_name(config, name), value, "must be a bool")
     _validate_numbers(config)
+    for name in _STR_FIELDS:
+        value = getattr(config, name)
+        if not isinstance(value, str) or "\0" in value:
+            raise ConfigError(_name(config, name), value, "must be a path (a string, no NUL)")
     if config.gc_aggressiveness not in GC_LEVELS:
         raise ConfigError(
             _name(config, "gc_aggressiveness"),

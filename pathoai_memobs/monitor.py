@@ -1,9 +1,8 @@
 """MemoryMonitor: the reference's monitor, a facade over the parts that do its four jobs.
 
 - readings and the level: here, with the ladder's decisions in ``pressure``;
-- admission: ``admission.Admission`` (reserved bytes, refusals, the retry hint);
-- the sampling loop: ``sampling_loop.SamplingLoop``; ``level_actions`` acts on each level;
-- emergency cleanup: ``emergency_cleanup.EmergencyCleanup``.
+- admission: ``admission.Admission`` over a ``ledger`` (reserved bytes, refusals, hints);
+- the loop: ``sampling_loop`` (``level_actions`` acts); cleanup: ``emergency_cleanup``.
 
 A refused request starts an emergency cleanup in the background only while the level is
 EMERGENCY; otherwise memory is merely short for that size and nothing needs freeing.
@@ -22,6 +21,7 @@ from .emergency import EmergencyRun, EmergencyTotals
 from .emergency_cleanup import EmergencyCleanup
 from .errors import ErrorCounts
 from .gate import AdmissionGate
+from .ledger import open_ledger
 from .level_actions import LevelActions, log_level_change
 from .pressure import Level, Thresholds, classify, headroom_bytes
 from .readers.psi import CachedPsi, Pressure
@@ -74,8 +74,8 @@ class MemoryMonitor:
         self._level, self._last_good_wall, self._samples = Level.NORMAL, 0.0, 0
         self._errors = ErrorCounts()
         self._psi = CachedPsi.for_sampler(self._sampler, root, PSI_TTL_S, clock)
-        interval = config.monitoring_interval_sec
-        self._admission = Admission(self.thresholds.floor_bytes, interval, clock)  # and its lock
+        interval, floor = config.monitoring_interval_sec, self.thresholds.floor_bytes
+        self._admission = Admission(floor, interval, clock, open_ledger(config))
         self._cleanup = EmergencyCleanup(
             sample=self.sample,
             target_bytes=self.thresholds.restored_bytes,
