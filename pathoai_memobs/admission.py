@@ -69,6 +69,7 @@ class Admission:
         self._requests = 0
         self._log = RateLimit(1.0, clock)
         self._line: deque[int] = deque()  # tickets of the holds waiting, first come first
+        self._aside: set[int] = set()  # tickets in line that others may pass (the budget)
         self._tickets = itertools.count(1)
         self._hold_s = 1.0  # how long a hold lasts, on average (EWMA): the retry hint's unit
         self.waits = WaitStats()
@@ -111,7 +112,7 @@ class Admission:
         ledger = self.ledger
         with ledger.transaction():
             reserved = ledger.total()
-            if hold and line and line[0] != ticket:
+            if hold and line and self._head() != ticket:
                 return False, reserved
             if level is Level.EMERGENCY:
                 return False, reserved
@@ -123,10 +124,26 @@ class Admission:
                 ledger.add(required)
         if admitted and hold:
             self._reserved += required
-            if line and line[0] == ticket:
-                line.popleft()
+            if ticket in line:
+                line.remove(ticket)
                 self._changed.notify_all()
         return admitted, reserved
+
+    def _head(self) -> int:
+        """The ticket whose turn it is: the first in line not set aside (0: none)."""
+        aside = self._aside
+        return next((t for t in self._line if t not in aside), 0)
+
+    def hold_aside(self, ticket: int, *, aside: bool = True) -> None:
+        """Let requests behind ``ticket`` pass it while it cannot start (or no longer)."""
+        if ticket == 0 or (ticket in self._aside) == aside:
+            return
+        with self.lock:
+            if aside:
+                self._aside.add(ticket)
+            else:
+                self._aside.discard(ticket)
+            self._changed.notify_all()
 
     def join(self) -> int:
         """A place at the end of the line; its ticket."""
@@ -136,14 +153,18 @@ class Admission:
             return ticket
 
     def position(self, ticket: int) -> int:
-        """How many wait before ``ticket`` (-1 when it is not in line)."""
+        """How many wait before ``ticket`` and may not be passed (-1 when not in line)."""
         with self.lock:
             line = self._line
-            return line.index(ticket) if ticket in line else -1
+            if ticket not in line:
+                return -1
+            ahead = itertools.islice(line, line.index(ticket))
+            return sum(1 for t in ahead if t not in self._aside)
 
     def leave(self, ticket: int) -> None:
         """Give up a place (the wait ran out); the others move up."""
         with self.lock:
+            self._aside.discard(ticket)
             if ticket in self._line:
                 self._line.remove(ticket)
                 self._changed.notify_all()
@@ -172,6 +193,7 @@ class Admission:
         self.lock = threading.Lock()  # a request thread may have held it at the fork
         self._changed = threading.Condition(self.lock)
         self._line.clear()  # the parent's waiters did not come along
+        self._aside.clear()
         self._reserved = 0  # nor its requests in flight
         self.ledger.forked()
 

@@ -25,6 +25,7 @@ ENV_VARS: Final[Mapping[str, str]] = MappingProxyType(
         "max_session_memory_gb": "MAX_SESSION_MEMORY_GB",
         "session_timeout_minutes": "SESSION_TIMEOUT_MINUTES",
         "aggressive_gc": "AGGRESSIVE_GC",
+        "session_idle_free_minutes": "SESSION_IDLE_FREE_MINUTES",
         "ledger_dir": "MEMORY_LEDGER_DIR",
     }
 )

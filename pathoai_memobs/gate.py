@@ -11,6 +11,10 @@ A request that does not fit is not refused at once:
    admission's condition; an async one polls without blocking the event loop.
 3. **Refuse** with a retry hint from the line (how long holds last, how many wait ahead).
 
+New work (a request for no existing session, ``new_work``) must also fit the session
+budget (``session_budget``), after freeing least recently used unpinned sessions; while it
+does not, it waits aside, and requests for existing sessions go ahead of it in line.
+
 The decisions are the admission's and ``session_accounting.eviction_order``'s; this module
 sequences them around fresh readings.
 """
@@ -28,6 +32,7 @@ from .admission import Admission
 from .errors import ErrorCounts
 from .pressure import Level
 from .reading import Reading
+from .session_budget import SessionBudget, over_budget
 
 if TYPE_CHECKING:
     from .exceptions import InsufficientMemoryError
@@ -35,6 +40,8 @@ if TYPE_CHECKING:
 
 #: A waiting request looks again at least this often (memory may be freed by anything).
 POLL_S = 0.1
+#: Sessions freed for the budget have been idle this long at least.
+BUDGET_IDLE_S = 0.25
 
 Observe = Callable[[Reading, int, bool, int], tuple[bool, int]]
 
@@ -55,6 +62,7 @@ class AdmissionGate:
         cooldown_left_s: Callable[[], float],
         start_cleanup: Callable[[str], None],
         idle_free_s: float,
+        floor: Callable[[int], int],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sample, self._last, self._observe = sample, last, observe
@@ -62,16 +70,18 @@ class AdmissionGate:
         self._sessions, self._cooldown_left_s = sessions, cooldown_left_s
         self._start_cleanup = start_cleanup
         self.idle_free_s = idle_free_s
+        self._floor = floor  # the floor fitted to a limit
         self._clock = clock
         self._freeing = threading.Lock()
         self.freed_sessions = 0
+        self.budget = SessionBudget()
 
     def admit(
-        self, required: int, *, hold: bool, wait_s: float = 0.0
+        self, required: int, *, hold: bool, wait_s: float = 0.0, new_work: bool = False
     ) -> InsufficientMemoryError | None:
         """Admit ``required`` bytes (held when ``hold``), freeing and waiting as above; the
         refusal, counted and logged, where it does not fit in time."""
-        steps = self._steps(required, hold, wait_s)
+        steps = self._steps(required, hold, wait_s, new_work)
         try:
             while True:
                 self._admission.wait_for_change(next(steps))
@@ -80,10 +90,12 @@ class AdmissionGate:
         finally:  # interrupted while waiting: give the place in line up now
             steps.close()
 
-    async def admit_async(self, required: int, *, wait_s: float) -> InsufficientMemoryError | None:
+    async def admit_async(
+        self, required: int, *, wait_s: float, new_work: bool = False
+    ) -> InsufficientMemoryError | None:
         """``admit(required, hold=True, wait_s=...)`` for an event loop: the wait never
         blocks it (each look is a quick, non-blocking decision)."""
-        steps = self._steps(required, True, wait_s)
+        steps = self._steps(required, True, wait_s, new_work)
         try:
             while True:
                 await asyncio.sleep(next(steps))
@@ -93,14 +105,14 @@ class AdmissionGate:
             steps.close()
 
     def _steps(
-        self, required: int, hold: bool, wait_s: float
+        self, required: int, hold: bool, wait_s: float, new_work: bool
     ) -> Generator[float, None, InsufficientMemoryError | None]:
         """The decision, as a generator that yields how long to wait before looking again;
         it returns the refusal (or None). Sync and async callers differ only in the wait."""
         self._admission.count_request()
-        admitted, reading, reserved = self._try(required, hold, 0)
+        admitted, reading, reserved = self._try(required, hold, 0, new_work)
         if not admitted and self._free(required, reading, reserved):
-            admitted, reading, reserved = self._try(required, hold, 0)
+            admitted, reading, reserved = self._try(required, hold, 0, new_work)
         if admitted:
             return None
         if not hold or wait_s <= 0:
@@ -108,9 +120,9 @@ class AdmissionGate:
         ticket, started = self._admission.join(), self._clock()
         try:
             while True:
-                admitted, reading, reserved = self._try(required, hold, ticket)
+                admitted, reading, reserved = self._try(required, hold, ticket, new_work)
                 if not admitted and self._first(ticket) and self._free(required, reading, reserved):
-                    admitted, reading, reserved = self._try(required, hold, ticket)
+                    admitted, reading, reserved = self._try(required, hold, ticket, new_work)
                 if admitted:
                     self._waited("admitted", started)
                     return None
@@ -123,9 +135,9 @@ class AdmissionGate:
             raise
 
     @contextmanager
-    def hold(self, required: int, wait_s: float) -> Iterator[None]:
+    def hold(self, required: int, wait_s: float, *, new_work: bool = False) -> Iterator[None]:
         """Admit and hold ``required`` bytes for the block; a refusal raises."""
-        error = self.admit(required, hold=True, wait_s=wait_s)
+        error = self.admit(required, hold=True, wait_s=wait_s, new_work=new_work)
         if error is not None:
             raise error
         started = self._clock()
@@ -135,9 +147,11 @@ class AdmissionGate:
             self._admission.release(required, self._clock() - started)
 
     @asynccontextmanager
-    async def hold_async(self, required: int, wait_s: float) -> AsyncIterator[None]:
+    async def hold_async(
+        self, required: int, wait_s: float, *, new_work: bool = False
+    ) -> AsyncIterator[None]:
         """``hold`` for an event loop."""
-        error = await self.admit_async(required, wait_s=wait_s)
+        error = await self.admit_async(required, wait_s=wait_s, new_work=new_work)
         if error is not None:
             raise error
         started = self._clock()
@@ -148,15 +162,38 @@ class AdmissionGate:
 
     # -- steps ------------------------------------------------------------------------------
 
-    def _try(self, required: int, hold: bool, ticket: int) -> tuple[bool, Reading, int]:
+    def _try(
+        self, required: int, hold: bool, ticket: int, new_work: bool = False
+    ) -> tuple[bool, Reading, int]:
         """One decision against a fresh reading (or, where that fails, a recent one)."""
         try:
             reading = self._sample()
         except (OSError, ValueError, KeyError) as exc:  # a counted error and a typed refusal
             self._errors.count("sample", exc)
             reading = self._admission.fallback(self._last(), time.monotonic(), exc)
+        if new_work and not self._within_budget(required, reading):
+            self._admission.hold_aside(ticket)  # requests for existing sessions go ahead
+            _, reserved = self._observe(reading, 0, False, 0)  # the reading counts; no hold
+            return False, reading, reserved
+        self._admission.hold_aside(ticket, aside=False)
         admitted, reserved = self._observe(reading, required, hold, ticket)
         return admitted, reading, reserved
+
+    def _within_budget(self, required: int, reading: Reading) -> bool:
+        """Whether new work of ``required`` bytes fits the session budget, after freeing
+        least recently used unpinned sessions (reason "budget") to make it fit."""
+        sessions = self._sessions()
+        if sessions is None or not self.budget.active:
+            return True
+        floor = self._floor(reading.total_bytes)
+        reserved = self._admission.reserved_bytes  # work in flight may become sessions too
+        budget = self.budget.bytes(reading, floor, sessions.total_bytes, reserved)
+        need = over_budget(sessions.total_bytes + reserved, required, budget)
+        if need == 0:
+            return True
+        with self._freeing:  # idle a moment at least: not one a request is filling now
+            sessions.evict_least_recently_used(need, reason="budget", min_idle_s=BUDGET_IDLE_S)
+        return over_budget(sessions.total_bytes + reserved, required, budget) == 0
 
     def _first(self, ticket: int) -> bool:
         return self._admission.position(ticket) == 0

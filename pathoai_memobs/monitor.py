@@ -111,6 +111,7 @@ class MemoryMonitor:
             cooldown_left_s=self._cleanup.cooldown_left_s,
             start_cleanup=self._cleanup.start,
             idle_free_s=config.session_idle_free_minutes * 60,
+            floor=lambda total: self.thresholds.for_total(total).floor_bytes,
         )
         if config.enable_background_monitoring:
             self.start()
@@ -161,8 +162,7 @@ class MemoryMonitor:
         return MemoryMetrics.from_reading(self.sample())
 
     @property
-    def level(self) -> Level:
-        """The pressure level after the latest reading."""
+    def level(self) -> Level:  # after the latest reading
         return self._level
 
     @property
@@ -182,13 +182,11 @@ class MemoryMonitor:
         return self._samples + self._loop.rest_samples_total
 
     @property
-    def errors_total(self) -> dict[str, int]:
-        """Errors the monitor survived, by where they happened (sample, action, ...)."""
+    def errors_total(self) -> dict[str, int]:  # errors survived, by place (sample, action...)
         return self._errors.totals()
 
     @property
-    def reserved_bytes(self) -> int:
-        """Bytes held by reservations in flight."""
+    def reserved_bytes(self) -> int:  # held by this monitor's reservations in flight
         return self._admission.reserved_bytes
 
     @property
@@ -201,8 +199,7 @@ class MemoryMonitor:
         return self._admission.rejected_total
 
     @property
-    def admission(self) -> Admission:
-        """The admission part: requests, refusals, the line and its waits (for exporters)."""
+    def admission(self) -> Admission:  # requests, refusals, the line, waits (for exporters)
         return self._admission
 
     def check_memory_available(self, required_mb: float) -> bool:
@@ -215,20 +212,26 @@ class MemoryMonitor:
             raise error
         return error is None
 
-    def reserve(self, required_mb: float, *, wait_s: float = 0.0) -> AbstractContextManager[None]:
+    def reserve(
+        self, required_mb: float, *, wait_s: float = 0.0, new_work: bool = False
+    ) -> AbstractContextManager[None]:
         """Admit ``required_mb`` MiB and hold them until the ``with`` block ends: two requests
         that each fit alone are not both admitted when together they don't. With ``wait_s``,
-        wait in line that long for memory first. A refusal always raises
-        ``InsufficientMemoryError`` (a block cannot be skipped)."""
+        wait in line that long for memory first; ``new_work`` (for no existing session) must
+        fit the session budget too (``gate.budget``). A refusal raises InsufficientMemoryError."""
         wait = non_negative("wait_s", wait_s, maximum=3600)
-        return self._gate.hold(to_bytes_mb(required_mb), wait)
+        return self._gate.hold(to_bytes_mb(required_mb), wait, new_work=new_work)
 
     def reserve_async(
-        self, required_mb: float, *, wait_s: float = 0.0
+        self, required_mb: float, *, wait_s: float = 0.0, new_work: bool = False
     ) -> AbstractAsyncContextManager[None]:
         """``reserve`` for an event loop (``async with``): waiting never blocks the loop."""
         wait = non_negative("wait_s", wait_s, maximum=3600)
-        return self._gate.hold_async(to_bytes_mb(required_mb), wait)
+        return self._gate.hold_async(to_bytes_mb(required_mb), wait, new_work=new_work)
+
+    @property
+    def gate(self) -> AdmissionGate:  # freeing, the line, the session budget
+        return self._gate
 
     @property
     def running(self) -> bool:  # the background thread
@@ -254,18 +257,15 @@ class MemoryMonitor:
         return self._loop.tick()
 
     @property
-    def thread_cpu_seconds(self) -> float:
-        """CPU time the background thread has used (read from its CPU clock)."""
+    def thread_cpu_seconds(self) -> float:  # the background thread's, from its CPU clock
         return self._loop.thread_cpu_seconds
 
     @property
-    def wakeup_sources(self) -> tuple[str, ...]:
-        """Kernel event sources armed for the background thread (empty: timer only)."""
+    def wakeup_sources(self) -> tuple[str, ...]:  # kernel event sources armed (empty: timer)
         return self._loop.wakeup_sources
 
     @property
-    def wakeups_total(self) -> dict[str, int]:
-        """Early wake-ups of the background thread, by source."""
+    def wakeups_total(self) -> dict[str, int]:  # early wake-ups of the thread, by source
         return self._loop.wakeups_total
 
     # -- emergency cleanup ------------------------------------------------------------------

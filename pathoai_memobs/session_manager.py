@@ -43,7 +43,7 @@ from .sizeof import Charges, measure
 from .units import GIB, non_negative, positive
 
 __all__ = ["GIB", "SessionAggregates", "SessionData", "SessionManager", "fingerprint"]
-RemovalReason = Literal["timeout", "explicit", "emergency", "idle"]
+RemovalReason = Literal["timeout", "explicit", "emergency", "idle", "budget"]
 
 #: Upper bounds (bytes) of the session-size distribution, 1 MiB to 16 GiB.
 SIZE_BUCKETS: Final[tuple[int, ...]] = tuple(1 << p for p in range(20, 35, 2))
@@ -273,6 +273,11 @@ class SessionManager:
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    @property
+    def total_bytes(self) -> int:
+        """Host bytes held by all sessions now."""
+        return self._total_host
 
     def removed_total(self, reason: str) -> int:
         """Sessions removed so far for ``reason`` (timeout, explicit, emergency, idle)."""

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from ..exceptions import InsufficientMemoryError, MemoryManagementError
-from .routes import AdmissionMiddlewareBase, Answer, error_answer, refusal
+from ..exceptions import InsufficientMemoryError, MemoryManagementError, SessionNotFoundError
+from .routes import AdmissionMiddlewareBase, Answer, error_answer, not_found, refusal
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -34,16 +34,25 @@ class MemoryAdmissionMiddleware(AdmissionMiddlewareBase[ASGIApp]):
             await self.app(scope, receive, send)
             return
         mb = size(scope) if callable(size) else size
-        reservation = self.monitor.reserve_async(mb, wait_s=self.wait_s)
+        pin, new_work = self.pin(scope)
         try:
-            await reservation.__aenter__()
-        except InsufficientMemoryError as exc:
-            await _answer(send, refusal(exc))
+            pin.__enter__()
+        except SessionNotFoundError as exc:  # gone already: no need to wait in line for it
+            await _answer(send, not_found(exc))
             return
         try:
-            await self.app(scope, receive, send)
+            reservation = self.monitor.reserve_async(mb, wait_s=self.wait_s, new_work=new_work)
+            try:
+                await reservation.__aenter__()
+            except InsufficientMemoryError as exc:
+                await _answer(send, refusal(exc))
+                return
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                await reservation.__aexit__(None, None, None)
         finally:
-            await reservation.__aexit__(None, None, None)
+            pin.__exit__(None, None, None)
 
 
 async def _answer(send: Send, answer: Answer) -> None:

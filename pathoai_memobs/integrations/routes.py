@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -61,6 +62,11 @@ class RouteTable:
         prefixes.sort(key=lambda p: (-len(p[1]), p[0] is None))
         return cls(exact, tuple(prefixes))
 
+    def largest_fixed_mb(self) -> float:
+        """The largest fixed size in the table (0 when there is none)."""
+        sizes = [*self.exact.values(), *(mb for _, _, mb in self.prefixes)]
+        return max((float(mb) for mb in sizes if not callable(mb)), default=0.0)
+
     def need(self, method: str, path: str) -> Size | None:
         """MiB the request needs, or None when the route is not marked. HEAD is a GET
         whose body is dropped (the framework still runs the GET handler), so it needs what
@@ -81,16 +87,40 @@ AppT = TypeVar("AppT")
 
 class AdmissionMiddlewareBase(Generic[AppT]):
     """What both admission middlewares (ASGI and WSGI) take: the app they wrap, the
-    monitor, the route table (checked for routes that never fit) and the wait in line."""
+    monitor, the route table (checked for routes that never fit), the wait in line, and
+    ``session``: the session a request works on (from its scope or environ; None for
+    none), pinned from its arrival, so freeing idle memory for others never removes the
+    session of a request still waiting in line."""
 
     def __init__(
-        self, app: AppT, monitor: MemoryMonitor, routes: Mapping[str, Size], *, wait_s: float = 10.0
+        self,
+        app: AppT,
+        monitor: MemoryMonitor,
+        routes: Mapping[str, Size],
+        *,
+        wait_s: float = 10.0,
+        session: Callable[[Any], str | None] | None = None,
     ) -> None:
         self.app = app
         self.monitor = monitor
         self.routes = RouteTable.compile(routes)
         self.wait_s = non_negative("wait_s", wait_s, maximum=3600)
+        if session is not None and not callable(session):
+            raise TypeError(f"session must be a callable of the request, got {session!r}")
+        self.session_of = session
         report_routes_that_never_fit(self.routes, monitor)  # refused even idle: say so now
+        if session is not None:  # sessions may not crowd out the largest route
+            monitor.gate.budget.keep_room_for(int(self.routes.largest_fixed_mb() * MIB))
+
+    def pin(self, request: Any) -> tuple[AbstractContextManager[object], bool]:
+        """Pin the request's session for as long as it waits and runs (nothing when there
+        is none; entering raises SessionNotFoundError when it is gone), and whether the
+        request is new work: for no session, where the app says which it works on."""
+        sid = self.session_of(request) if self.session_of is not None else None
+        sessions = self.monitor.sessions
+        if not sid or sessions is None:
+            return nullcontext(), self.session_of is not None
+        return sessions.use(sid), False
 
 
 def report_routes_that_never_fit(table: RouteTable, monitor: MemoryMonitor) -> list[str]:
@@ -138,7 +168,7 @@ def error_answer(exc: BaseException) -> Answer | None:
     if isinstance(exc, InsufficientMemoryError):
         return refusal(exc)
     if isinstance(exc, SessionNotFoundError):
-        return _json(404, {"error": "session_not_found", "detail": str(exc)})
+        return not_found(exc)
     if isinstance(exc, SessionMemoryLimitError):
         return _json(
             413,
@@ -149,6 +179,11 @@ def error_answer(exc: BaseException) -> Answer | None:
             },
         )
     return None
+
+
+def not_found(exc: SessionNotFoundError) -> Answer:
+    """The 404 answer for a session that is unknown, expired or was freed."""
+    return _json(404, {"error": "session_not_found", "detail": str(exc)})
 
 
 def refusal(exc: InsufficientMemoryError) -> tuple[int, list[tuple[str, str]], bytes]:

@@ -1,0 +1,236 @@
+"""The slide service of the serving issue, in three builds chosen by ``SLIDE_MODE``:
+
+- ``library``: pathoai-memobs as the README sets it up (admission middleware with routes
+  sized honestly, the error middleware, a SessionManager, the model cache as a cleanup
+  callback, a shared ledger when several workers run);
+- ``workaround``: what users write by hand today: no library, the heavy routes behind a
+  semaphore of ``SLIDE_HEAVY`` and at most ``SLIDE_SESSIONS`` live sessions (oldest dropped);
+- ``bare``: neither.
+
+Routes: POST /upload?mb=N stores an N MiB slide in a new session; POST /analyze?session=S
+holds a working buffer of twice the slide for ``SLIDE_WORK_S`` and stores a result of a
+quarter of it; GET /result?session=S reads it; DELETE /session?session=S ends it. A 300 MiB
+model cache is loaded at start and again by the next analysis after a cleanup drops it.
+Run it as ``uvicorn tests.apps.slide_service:app`` or under gunicorn's uvicorn worker.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+MIB = 1 << 20
+MODE = os.environ.get("SLIDE_MODE", "library")
+MODEL_MB = int(os.environ.get("SLIDE_MODEL_MB", "300"))
+WORK_S = float(os.environ.get("SLIDE_WORK_S", "0.5"))
+
+
+def _query(scope: Any) -> dict[str, str]:
+    from urllib.parse import parse_qsl
+
+    return dict(parse_qsl(scope.get("query_string", b"").decode()))
+
+
+def upload_mb(scope: Any) -> float:
+    """An upload holds its slide while it is decoded: its size, as the request declares it
+    (a real service reads Content-Length), and a little for the decoder."""
+    return float(_query(scope).get("mb", "300")) + 20
+
+
+#: The routes' sizes (MiB): an upload its slide; an analysis its working buffer (two
+#: slides of up to 300) and the result.
+ROUTES = {"POST /upload": upload_mb, "POST /analyze": 700.0}
+
+
+def _filled(mb: int) -> np.ndarray[Any, Any]:
+    """``mb`` MiB of memory, every page touched (what decoding a slide costs)."""
+    return np.ones(mb * MIB, np.uint8)
+
+
+class Model:
+    """The model cache: 300 MiB, dropped by a cleanup, reloaded when next needed."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.weights: np.ndarray[Any, Any] | None = _filled(MODEL_MB)
+        self.reloads = 0
+
+    def drop(self) -> int:
+        with self.lock:
+            freed = 0 if self.weights is None else self.weights.nbytes
+            self.weights = None
+            return freed
+
+    def get(self) -> np.ndarray[Any, Any]:
+        with self.lock:
+            if self.weights is None:
+                self.weights = _filled(MODEL_MB)
+                self.reloads += 1
+            return self.weights
+
+
+class HandStore:
+    """The workaround's session store: a dict capped at ``limit`` (oldest dropped)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.lock = threading.Lock()
+        self.data: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+
+    def create(self, slide: np.ndarray[Any, Any]) -> str:
+        sid = secrets.token_urlsafe(16)
+        with self.lock:
+            self.data[sid] = {"slide": slide}
+            while self.limit is not None and len(self.data) > self.limit:
+                self.data.popitem(last=False)
+        return sid
+
+    def get(self, sid: str) -> dict[str, Any] | None:
+        with self.lock:
+            return self.data.get(sid)
+
+    def delete(self, sid: str) -> None:
+        with self.lock:
+            self.data.pop(sid, None)
+
+
+class GoneError(Exception):
+    """The workaround's session was dropped (the library raises SessionNotFoundError)."""
+
+
+class SlideService:
+    """The handlers, over the library's sessions or the hand-written store."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.model = Model()
+        self.heavy = threading.BoundedSemaphore(int(os.environ.get("SLIDE_HEAVY", "1")))
+        cap = int(os.environ.get("SLIDE_SESSIONS", "3")) if mode == "workaround" else None
+        self.hand = HandStore(cap)
+        self.lib: dict[str, Any] = {}
+
+    def gate(self) -> contextlib.AbstractContextManager[Any]:
+        """The workaround's semaphore around a heavy route (nothing otherwise)."""
+        return self.heavy if self.mode == "workaround" else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def session(self, sid: str) -> Iterator[dict[str, Any]]:
+        """The session's keys while a request works on it (pinned, with the library)."""
+        if self.mode == "library":
+            with self.lib["sessions"].use(sid) as data:  # SessionNotFoundError: 404
+                yield data.data
+            return
+        found = self.hand.get(sid)
+        if found is None:
+            raise GoneError()
+        yield found
+
+    def upload(self, request: Request) -> Response:
+        mb = int(request.query_params.get("mb", "200"))
+        with self.gate():
+            slide = _filled(mb)
+            if self.mode == "library":
+                sid = self.lib["sessions"].create_session()
+                self.lib["sessions"].update_session(sid, slide=slide)
+            else:
+                sid = self.hand.create(slide)
+        return JSONResponse({"session": sid})
+
+    def analyze(self, request: Request) -> Response:
+        sid = request.query_params["session"]
+        with self.gate(), self.session(sid) as keys:
+            slide = keys["slide"]
+            weights = self.model.get()
+            work = np.empty(2 * slide.nbytes, np.uint8)
+            work[:] = weights[0]  # every page of the working buffer touched
+            time.sleep(WORK_S)
+            result = slide[: slide.nbytes // 4].copy()
+            del work
+            if self.mode == "library":
+                self.lib["sessions"].update_session(sid, result=result)
+            else:
+                keys["result"] = result  # the hand-written store's dict itself
+        return JSONResponse({"ok": True})
+
+    def result(self, request: Request) -> Response:
+        with self.session(request.query_params["session"]) as keys:
+            found = keys.get("result")
+        if found is None:
+            return JSONResponse({"error": "no result yet"}, status_code=409)
+        return JSONResponse({"bytes": int(found.nbytes)})
+
+    def end(self, request: Request) -> Response:
+        sid = request.query_params["session"]
+        if self.mode == "library":
+            self.lib["sessions"].delete_session(sid)
+        else:
+            self.hand.delete(sid)
+        return Response(status_code=204)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        if self.mode != "library":
+            yield
+            return
+        self.lib["sessions"].start_sweeper()
+        with self.lib["monitor"]:
+            yield
+        self.lib["sessions"].stop_sweeper()
+
+
+async def _gone(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": "session not found"}, status_code=404)
+
+
+def build(mode: str = MODE) -> Starlette:
+    """The service in ``mode`` (see the module docstring)."""
+    service = SlideService(mode)
+    routes = [
+        Route("/upload", service.upload, methods=["POST"]),
+        Route("/analyze", service.analyze, methods=["POST"]),
+        Route("/result", service.result, methods=["GET"]),
+        Route("/session", service.end, methods=["DELETE"]),
+    ]
+    app = Starlette(routes=routes, lifespan=service.lifespan, exception_handlers={GoneError: _gone})
+    app.state.service = service
+    if mode == "library":
+        _with_library(app, service.model, service.lib)
+    return app
+
+
+def _with_library(app: Starlette, model: Model, lib: dict[str, Any]) -> None:
+    """The README's set-up: config from the environment, sessions, GC, monitor, routes."""
+    from pathoai_memobs import GarbageCollectionManager, MemoryConfig, MemoryMonitor
+    from pathoai_memobs.integrations.asgi import MemoryAdmissionMiddleware, MemoryErrorMiddleware
+    from pathoai_memobs.session_manager import SessionManager
+
+    config = MemoryConfig.from_env()
+    sessions = SessionManager.from_config(config)
+    gc_manager = GarbageCollectionManager.from_config(config)
+    monitor = MemoryMonitor(config, sessions=sessions, gc_manager=gc_manager)
+    monitor.register_cleanup_callback(model.drop, name="model_cache", priority=10)
+    lib.update(sessions=sessions, monitor=monitor, gc_manager=gc_manager)
+    gc_manager.configure_gc()
+    app.add_middleware(
+        MemoryAdmissionMiddleware,
+        monitor=monitor,
+        routes=ROUTES,
+        session=lambda scope: _query(scope).get("session"),  # pinned while it waits
+    )
+    app.add_middleware(MemoryErrorMiddleware)
+    app.state.lib = lib
+
+
+app = build()
