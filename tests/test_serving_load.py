@@ -1,0 +1,52 @@
+"""The serving issue's load test, short: the slide service in a real 2 GiB cgroup under
+uvicorn and gunicorn, with concurrent clients that upload, analyse, read, pause and abandon.
+The full runs, side by side with the hand-tuned workaround, are ``python -m bench serving``
+(bench/RESULTS.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pathoai_memobs.tools.cgroup_sandbox import CgroupUnavailableError
+
+from .apps.slide_load import run_load
+
+
+def load(mode: str, **kwargs: Any) -> dict[str, Any]:
+    try:
+        return run_load(mode, **kwargs)
+    except CgroupUnavailableError as exc:
+        pytest.skip(f"cannot create a memory cgroup here: {exc}")
+
+
+def served_honestly(r: dict[str, Any]) -> None:
+    """What every client may expect: no OOM kill, the server alive, no 5xx but 503, and
+    every 503 with a Retry-After."""
+    assert r["oom_kills"] == 0 and r["alive"], r
+    assert r["broken"] == 0 and r["other_5xx"] == 0 and r["no_retry_after"] == 0, r
+
+
+@pytest.mark.cgroup
+def test_without_the_library_the_service_is_oom_killed() -> None:
+    r = load("bare", seconds=8)
+    assert r["oom_kills"] >= 1 and not r["alive"], r
+
+
+@pytest.mark.cgroup
+def test_with_the_library_the_service_keeps_serving_and_loses_no_session() -> None:
+    r = load("library", seconds=25)
+    served_honestly(r)
+    assert r["analyses"] >= 5, r  # it serves (0 before the session budget)
+    assert r["lost"] == 0, r  # no request met a session freed under it
+
+
+@pytest.mark.cgroup
+@pytest.mark.parametrize("workers", [2, 4])
+def test_gunicorn_workers_book_one_ledger_and_a_burst_of_uploads_is_never_oom_killed(
+    workers: int,
+) -> None:
+    r = load("library", seconds=12, workers=workers, burst=True, env={"SLIDE_MODEL_MB": "50"})
+    served_honestly(r)
+    assert r["statuses"].get("POST /upload 200", 0) >= 2, r
