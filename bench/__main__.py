@@ -17,6 +17,7 @@ SUITES = {
     "monitor": "bench.bench_monitor",
     "scrape": "bench.bench_scrape",
     "otel": "bench.bench_otel",
+    "serving": "bench.bench_serving",
 }
 
 
