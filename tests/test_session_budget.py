@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -143,3 +144,46 @@ def test_a_requests_session_is_pinned_from_its_arrival_and_a_gone_one_answers_40
     assert m.admission.requests_total == 1  # a gone session never waited in line
     with pytest.raises(TypeError, match="session must be a callable"):
         MemoryAdmissionMiddleware(app, monitor=m, routes={}, session="session")  # type: ignore[arg-type]
+
+
+def test_wsgi_pins_the_session_until_the_server_closes_the_body_and_404s_a_gone_one() -> None:
+    import urllib.error
+    import urllib.request
+    from urllib.parse import parse_qs
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from pathoai_memobs.integrations.wsgi import MemoryAdmissionMiddleware as WSGIAdmission
+
+    m, sessions, _ = setting()
+    sid = filled(sessions, 400)
+    seen: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(sessions._sessions[sid].pins)
+        start_response("200 OK", [("content-type", "text/plain")])
+        return [b"done"]
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    def session_of(environ: dict[str, Any]) -> str | None:
+        return parse_qs(environ.get("QUERY_STRING", "")).get("session", [None])[0]
+
+    wrapped = WSGIAdmission(app, m, {"/analyze": 500}, wait_s=0, session=session_of)
+    server = make_server("127.0.0.1", 0, wrapped, handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}/analyze"
+    try:
+        with urllib.request.urlopen(f"{url}?session={sid}", timeout=5) as r:
+            assert r.read() == b"done"
+        assert seen == [1] and sessions._sessions[sid].pins == 0  # pinned, then released
+        assert m.reserved_bytes == 0
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{url}?session=gone", timeout=5)
+        assert err.value.code == 404
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

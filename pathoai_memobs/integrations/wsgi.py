@@ -5,22 +5,23 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from typing import Any
 
-from ..exceptions import InsufficientMemoryError, MemoryManagementError
-from .routes import REASONS, AdmissionMiddlewareBase, error_answer, refusal
+from ..exceptions import InsufficientMemoryError, MemoryManagementError, SessionNotFoundError
+from .routes import REASONS, AdmissionMiddlewareBase, Answer, error_answer, not_found, refusal
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
 class _Releasing:
-    """The app's response iterable; the reservation ends when the server closes it."""
+    """The app's response iterable; the reservation (and the session's pin) end when the
+    server closes it."""
 
-    def __init__(self, inner: Iterable[bytes], reservation: AbstractContextManager[None]) -> None:
+    def __init__(self, inner: Iterable[bytes], reservation: AbstractContextManager[Any]) -> None:
         self._inner = inner
-        self._reservation: AbstractContextManager[None] | None = reservation
+        self._reservation: AbstractContextManager[Any] | None = reservation
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self._inner)
@@ -48,19 +49,32 @@ class MemoryAdmissionMiddleware(AdmissionMiddlewareBase[WSGIApp]):
         if size is None:
             return self.app(environ, start_response)
         mb = size(environ) if callable(size) else size
-        reservation = self.monitor.reserve(mb, wait_s=self.wait_s)
+        pin, new_work = self.pin(environ)
+        try:
+            pin.__enter__()
+        except SessionNotFoundError as exc:  # gone already: no need to wait in line for it
+            return _answer(start_response, not_found(exc))
+        reservation = self.monitor.reserve(mb, wait_s=self.wait_s, new_work=new_work)
         try:
             reservation.__enter__()
         except InsufficientMemoryError as exc:
-            status, headers, body = refusal(exc)
-            start_response(f"{status} {REASONS[status]}", headers)
-            return [body]
+            pin.__exit__(None, None, None)
+            return _answer(start_response, refusal(exc))
+        held = ExitStack()
+        held.push(pin)  # released after the reservation, when the server closes the body
+        held.push(reservation)
         try:
             result = self.app(environ, start_response)
         except BaseException:
-            reservation.__exit__(None, None, None)
+            held.close()
             raise
-        return _Releasing(result, reservation)
+        return _Releasing(result, held)
+
+
+def _answer(start_response: StartResponse, answer: Answer) -> list[bytes]:
+    status, headers, body = answer
+    start_response(f"{status} {REASONS[status]}", headers)
+    return [body]
 
 
 class MemoryErrorMiddleware:
