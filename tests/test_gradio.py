@@ -8,6 +8,8 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
+import gradio as gr
+import gradio_client
 import pytest
 
 from pathoai_memobs import MemoryConfig, MemoryMonitor
@@ -15,9 +17,6 @@ from pathoai_memobs.exceptions import InsufficientMemoryError
 from pathoai_memobs.integrations.gradio import refusal_message, reserving
 
 from .scripted import Scripted
-
-gr = pytest.importorskip("gradio", reason="gradio is a test dependency: make setup installs it")
-gradio_client = pytest.importorskip("gradio_client")
 
 MIB = 1 << 20
 
