@@ -186,14 +186,18 @@ class AdmissionGate:
         if sessions is None or not self.budget.active:
             return True
         floor = self._floor(reading.total_bytes)
-        reserved = self._admission.reserved_bytes  # work in flight may become sessions too
-        budget = self.budget.bytes(reading, floor, sessions.total_bytes, reserved)
-        need = over_budget(sessions.total_bytes + reserved, required, budget)
+        ledger = self._admission.ledger  # every worker's sessions and reservations
+        with ledger.transaction():
+            held, reserved = ledger.sessions(sessions.total_bytes), ledger.total()
+        budget = self.budget.bytes(reading, floor, held, reserved)
+        need = over_budget(held + reserved, required, budget)  # in flight may become sessions
         if need == 0:
             return True
         with self._freeing:  # idle a moment at least: not one a request is filling now
-            sessions.evict_least_recently_used(need, reason="budget", min_idle_s=BUDGET_IDLE_S)
-        return over_budget(sessions.total_bytes + reserved, required, budget) == 0
+            freed = sessions.evict_least_recently_used(
+                need, reason="budget", min_idle_s=BUDGET_IDLE_S
+            )
+        return over_budget(held - freed + reserved, required, budget) == 0
 
     def _first(self, ticket: int) -> bool:
         return self._admission.position(ticket) == 0

@@ -6,7 +6,8 @@ must also see the others' reservations, or two admit the same bytes at once.
 
 - ``LocalLedger``: this process only (the default).
 - ``SharedLedger``: one small file that every worker maps (``ledger_dir``, e.g. the
-  multiprocess directory). A header and one slot per process (pid, bytes held). Every
+  multiprocess directory). A header and one slot per process (pid, bytes held, session
+  bytes, so the session budget sees every worker's sessions). Every
   decision runs under a POSIX record lock on the header, so none is made on a stale total
   (no double booking). Each process also holds a record lock on its own slot for its life;
   the kernel drops it when the process dies however it dies, so a slot whose lock can be
@@ -33,13 +34,13 @@ if TYPE_CHECKING:
     from .config import MemoryConfig
 
 MAGIC: Final = b"PATHOAIL"
-VERSION: Final = 1
+VERSION: Final = 2
 SLOTS: Final = 128
 HEADER: Final = struct.Struct("<8sII")  # magic, version, slots
 HEADER_SIZE: Final = 64
-SLOT: Final = struct.Struct("<qq")  # pid, bytes held
+SLOT: Final = struct.Struct("<qqq")  # pid, bytes held, session bytes
 FILE_NAME: Final = "pathoai_ledger.bin"
-_ALL: Final = struct.Struct(f"<{2 * SLOTS}q")
+_ALL: Final = struct.Struct(f"<{3 * SLOTS}q")
 
 
 class Ledger(Protocol):
@@ -50,6 +51,7 @@ class Ledger(Protocol):
     def add(self, nbytes: int) -> None: ...
     def reap(self) -> int: ...
     def forked(self) -> None: ...
+    def sessions(self, own: int) -> int: ...
 
 
 class LocalLedger:
@@ -69,6 +71,10 @@ class LocalLedger:
 
     def reap(self) -> int:
         return 0
+
+    def sessions(self, own: int) -> int:
+        """Session bytes of every process: here, this one's ``own``."""
+        return own
 
     def forked(self) -> None:
         self._bytes = 0  # the parent's requests did not come along
@@ -130,15 +136,20 @@ class _File:
         """A free slot, or one a dead process left; locked by this process for its life."""
         values = _ALL.unpack_from(self.map, HEADER_SIZE)
         for slot in range(SLOTS):
-            pid = values[2 * slot]
+            pid = values[3 * slot]
             if pid == 0 or not self._alive(slot, pid):
-                SLOT.pack_into(self.map, self._offset(slot), os.getpid(), 0)
+                SLOT.pack_into(self.map, self._offset(slot), os.getpid(), 0, 0)
                 fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, self._offset(slot))
                 return slot
         raise ConfigError("ledger_dir", self.path, f"all {SLOTS} ledger slots are in use")
 
     def total(self) -> int:
-        return sum(_ALL.unpack_from(self.map, HEADER_SIZE)[1::2])
+        return sum(_ALL.unpack_from(self.map, HEADER_SIZE)[1::3])
+
+    def sessions(self, own: int) -> int:
+        """Publish this process's session bytes; every live process's sum."""
+        struct.pack_into("<q", self.map, self._offset(self.slot) + 16, own)
+        return sum(_ALL.unpack_from(self.map, HEADER_SIZE)[2::3])
 
     def add(self, nbytes: int) -> None:
         offset = self._offset(self.slot) + 8
@@ -150,9 +161,9 @@ class _File:
         values = _ALL.unpack_from(self.map, HEADER_SIZE)
         freed = 0
         for slot in range(SLOTS):
-            pid, held = values[2 * slot], values[2 * slot + 1]
+            pid, held = values[3 * slot], values[3 * slot + 1]
             if pid != 0 and slot != self.slot and not self._alive(slot, pid):
-                SLOT.pack_into(self.map, self._offset(slot), 0, 0)
+                SLOT.pack_into(self.map, self._offset(slot), 0, 0, 0)
                 freed += held
         return freed
 
@@ -209,6 +220,10 @@ class SharedLedger:
 
     def reap(self) -> int:
         return self._file().reap()
+
+    def sessions(self, own: int) -> int:
+        """Publish this process's session bytes (``own``); every process's sum."""
+        return self._file().sessions(own)
 
     def forked(self) -> None:
         """Nothing to renew here: the next call opens this process's own file and slot."""

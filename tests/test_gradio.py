@@ -4,9 +4,12 @@ generator), and a refusal reaches the user as Gradio's error with when to retry.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from typing import Any
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine
 
 import gradio as gr
 import gradio_client

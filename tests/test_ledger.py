@@ -175,3 +175,27 @@ def test_the_multiprocess_directory_is_the_ledgers_when_none_is_set(tmp_path: Pa
     own = MemoryConfig.from_env({**env, "MEMORY_LEDGER_DIR": "/elsewhere"})
     assert own.ledger_dir == "/elsewhere" and own.source_of("ledger_dir") == "env:MEMORY_LEDGER_DIR"
     assert MemoryConfig.from_env({}).ledger_dir == ""
+
+
+def test_each_process_publishes_its_session_bytes_and_a_dead_ones_go(tmp_path: Path) -> None:
+    """The session budget counts every worker's sessions, not only its own."""
+    published = FORK.Event()
+
+    def worker() -> None:
+        ledger = SharedLedger(str(tmp_path))
+        with ledger.transaction():
+            ledger.sessions(300 * MIB)
+        published.set()
+        signal.pause()
+
+    child = FORK.Process(target=worker)
+    child.start()
+    assert published.wait(10)
+    here = SharedLedger(str(tmp_path))
+    with here.transaction():
+        assert here.sessions(200 * MIB) == 500 * MIB
+    os.kill(child.pid or 0, signal.SIGKILL)
+    child.join(10)
+    with here.transaction():
+        here.reap()
+        assert here.sessions(200 * MIB) == 200 * MIB

@@ -123,8 +123,20 @@ class Client:
 def _server_argv(port: int, workers: int) -> list[str]:
     app = "tests.apps.slide_service:app"
     if workers == 0:  # one uvicorn process
-        return [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port",
-                str(port), "--log-level", "warning", "--timeout-keep-alive", "120"]
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            app,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--timeout-keep-alive",
+            "120",
+        ]
     return [sys.executable, "-m", "gunicorn", app, "-k", "uvicorn.workers.UvicornWorker",
             "-w", str(workers), "-b", f"127.0.0.1:{port}", "--keep-alive", "120",
             "--log-level", "warning", "--graceful-timeout", "5"]  # fmt: skip
