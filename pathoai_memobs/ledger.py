@@ -88,14 +88,13 @@ class _File:
         self.lock = threading.Lock()
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         size = HEADER_SIZE + SLOTS * SLOT.size
+        header = HEADER.pack(MAGIC, VERSION, SLOTS)
         with self._header_locked():
             if os.fstat(self.fd).st_size == 0:
                 os.ftruncate(self.fd, size)
-                os.pwrite(self.fd, HEADER.pack(MAGIC, VERSION, SLOTS), 0)
-            header = os.pread(self.fd, HEADER.size, 0)
-            ours = os.fstat(self.fd).st_size >= size and header == HEADER.pack(
-                MAGIC, VERSION, SLOTS
-            )
+                os.pwrite(self.fd, header, 0)
+            found = os.pread(self.fd, HEADER.size, 0)
+            ours = os.fstat(self.fd).st_size >= size and found == header
             if ours:
                 self.map = mmap.mmap(self.fd, size)
                 self.slot = self._claim()

@@ -162,7 +162,8 @@ class MemoryMonitor:
         return MemoryMetrics.from_reading(self.sample())
 
     @property
-    def level(self) -> Level:  # after the latest reading
+    def level(self) -> Level:
+        """The pressure level after the latest reading."""
         return self._level
 
     @property
@@ -182,11 +183,13 @@ class MemoryMonitor:
         return self._samples + self._loop.rest_samples_total
 
     @property
-    def errors_total(self) -> dict[str, int]:  # errors survived, by place (sample, action...)
+    def errors_total(self) -> dict[str, int]:
+        """Errors the monitor survived, by where they happened (sample, action, ...)."""
         return self._errors.totals()
 
     @property
-    def reserved_bytes(self) -> int:  # held by this monitor's reservations in flight
+    def reserved_bytes(self) -> int:
+        """Bytes held by this monitor's reservations in flight."""
         return self._admission.reserved_bytes
 
     @property
@@ -199,7 +202,8 @@ class MemoryMonitor:
         return self._admission.rejected_total
 
     @property
-    def admission(self) -> Admission:  # requests, refusals, the line, waits (for exporters)
+    def admission(self) -> Admission:
+        """The admission part: requests, refusals, the line and its waits (for exporters)."""
         return self._admission
 
     def check_memory_available(self, required_mb: float) -> bool:
@@ -230,7 +234,8 @@ class MemoryMonitor:
         return self._gate.hold_async(to_bytes_mb(required_mb), wait, new_work=new_work)
 
     @property
-    def gate(self) -> AdmissionGate:  # freeing, the line, the session budget
+    def gate(self) -> AdmissionGate:
+        """The admission gate: freeing, the line, the session budget."""
         return self._gate
 
     @property
@@ -257,15 +262,18 @@ class MemoryMonitor:
         return self._loop.tick()
 
     @property
-    def thread_cpu_seconds(self) -> float:  # the background thread's, from its CPU clock
+    def thread_cpu_seconds(self) -> float:
+        """CPU time the background thread has used (read from its CPU clock)."""
         return self._loop.thread_cpu_seconds
 
     @property
-    def wakeup_sources(self) -> tuple[str, ...]:  # kernel event sources armed (empty: timer)
+    def wakeup_sources(self) -> tuple[str, ...]:
+        """Kernel event sources armed for the background thread (empty: timer only)."""
         return self._loop.wakeup_sources
 
     @property
-    def wakeups_total(self) -> dict[str, int]:  # early wake-ups of the thread, by source
+    def wakeups_total(self) -> dict[str, int]:
+        """Early wake-ups of the background thread, by source."""
         return self._loop.wakeups_total
 
     # -- emergency cleanup ------------------------------------------------------------------

@@ -50,9 +50,9 @@ class SessionBudget:
         rest = max(0, reading.used_bytes - sessions)
         if reserved == 0:
             self._baseline = rest
-        elif self._baseline is None:
+        if self._baseline is None:
             return max(0, rest - reserved)
-        return self._baseline if self._baseline is not None else rest
+        return self._baseline
 
     def bytes(self, reading: Reading, floor: int, sessions: int, reserved: int) -> int:
         """The budget now (see the module docstring)."""

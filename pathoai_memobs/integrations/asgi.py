@@ -4,6 +4,7 @@ and the mapping of library errors raised anywhere in the app to HTTP answers."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import AsyncExitStack
 from typing import Any
 
 from ..exceptions import InsufficientMemoryError, MemoryManagementError, SessionNotFoundError
@@ -35,24 +36,19 @@ class MemoryAdmissionMiddleware(AdmissionMiddlewareBase[ASGIApp]):
             return
         mb = size(scope) if callable(size) else size
         pin, new_work = self.pin(scope)
-        try:
-            pin.__enter__()
-        except SessionNotFoundError as exc:  # gone already: no need to wait in line for it
-            await _answer(send, not_found(exc))
-            return
-        try:
+        async with AsyncExitStack() as held:  # the pin, then the reservation, until sent
+            try:
+                held.enter_context(pin)
+            except SessionNotFoundError as exc:  # gone already: no need to wait in line
+                await _answer(send, not_found(exc))
+                return
             reservation = self.monitor.reserve_async(mb, wait_s=self.wait_s, new_work=new_work)
             try:
-                await reservation.__aenter__()
+                await held.enter_async_context(reservation)
             except InsufficientMemoryError as exc:
                 await _answer(send, refusal(exc))
                 return
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                await reservation.__aexit__(None, None, None)
-        finally:
-            pin.__exit__(None, None, None)
+            await self.app(scope, receive, send)
 
 
 async def _answer(send: Send, answer: Answer) -> None:

@@ -110,7 +110,8 @@ class AdmissionMiddlewareBase(Generic[AppT]):
         self.session_of = session
         report_routes_that_never_fit(self.routes, monitor)  # refused even idle: say so now
         if session is not None:  # sessions may not crowd out the largest route
-            monitor.gate.budget.keep_room_for(int(self.routes.largest_fixed_mb() * MIB))
+            largest = to_bytes_mb(self.routes.largest_fixed_mb(), "the largest route")
+            monitor.gate.budget.keep_room_for(largest)
 
     def pin(self, request: Any) -> tuple[AbstractContextManager[object], bool]:
         """Pin the request's session for as long as it waits and runs (nothing when there

@@ -50,19 +50,16 @@ class MemoryAdmissionMiddleware(AdmissionMiddlewareBase[WSGIApp]):
             return self.app(environ, start_response)
         mb = size(environ) if callable(size) else size
         pin, new_work = self.pin(environ)
+        held = ExitStack()  # the pin, then the reservation, until the server closes the body
         try:
-            pin.__enter__()
+            held.enter_context(pin)
         except SessionNotFoundError as exc:  # gone already: no need to wait in line for it
             return _answer(start_response, not_found(exc))
-        reservation = self.monitor.reserve(mb, wait_s=self.wait_s, new_work=new_work)
         try:
-            reservation.__enter__()
+            held.enter_context(self.monitor.reserve(mb, wait_s=self.wait_s, new_work=new_work))
         except InsufficientMemoryError as exc:
-            pin.__exit__(None, None, None)
+            held.close()
             return _answer(start_response, refusal(exc))
-        held = ExitStack()
-        held.push(pin)  # released after the reservation, when the server closes the body
-        held.push(reservation)
         try:
             result = self.app(environ, start_response)
         except BaseException:

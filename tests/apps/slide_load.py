@@ -44,6 +44,11 @@ class Tally:
     broken: int = 0  # connection errors: the server (or a worker) died under the client
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def note(self, what: str) -> None:
+        """One more of ``what`` (lost, no_retry_after, broken), from any client thread."""
+        with self.lock:
+            setattr(self, what, getattr(self, what) + 1)
+
     def count(self, route: str, status: int) -> None:
         with self.lock:
             key = f"{route} {status}"
@@ -78,7 +83,7 @@ class Client:
                 response = self.conn.getresponse()
                 body = response.read()
             except (OSError, http.client.HTTPException):
-                self.tally.broken += 1
+                self.tally.note("broken")
                 self.conn.close()
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
                 if time.monotonic() > deadline:
@@ -93,7 +98,7 @@ class Client:
                 return response.status, json.loads(body) if body else None
             hint = response.getheader("Retry-After")
             if hint is None:
-                self.tally.no_retry_after += 1
+                self.tally.note("no_retry_after")
             wait = float(hint) if hint else 1.0
             if time.monotonic() + wait > deadline:
                 return 503, None
@@ -111,7 +116,7 @@ class Client:
             for method, route in (("POST", "/analyze"), ("GET", "/result")):
                 status, _ = self.call(method, route, f"session={sid}", deadline)
                 if status == 404:
-                    self.tally.lost += 1
+                    self.tally.note("lost")
                 if status != 200:
                     break
             time.sleep(self.rng.uniform(0.5, 2.0))
