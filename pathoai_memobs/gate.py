@@ -199,6 +199,17 @@ class AdmissionGate:
             )
         return over_budget(held - freed + reserved, required, budget) == 0
 
+    def budget_bytes(self) -> int | None:
+        """The session budget at the last reading, over every worker (None while it is off
+        or before the first reading): what the ``pathoai_sessions_budget_bytes`` gauge shows."""
+        sessions, reading = self._sessions(), self._last()
+        if sessions is None or reading is None or not self.budget.active:
+            return None
+        ledger = self._admission.ledger
+        with ledger.transaction():
+            held, reserved = ledger.sessions(sessions.total_bytes), ledger.total()
+        return self.budget.bytes(reading, self._floor(reading.total_bytes), held, reserved)
+
     def _first(self, ticket: int) -> bool:
         return self._admission.position(ticket) == 0
 

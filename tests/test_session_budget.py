@@ -87,6 +87,26 @@ def test_new_work_frees_least_recently_used_sessions_to_fit_the_budget() -> None
     assert sessions.removed_total("budget") == 1
 
 
+def test_the_budget_is_exported_in_bytes_and_absent_while_off() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from pathoai_memobs.exporters.prometheus import instrument
+
+    registry = CollectorRegistry()
+    sessions = SessionManager(max_memory_gb=1)
+    s = Scripted(3500 * MIB, total=4 * GIB)
+    s.sessions = sessions
+    m = MemoryMonitor(MemoryConfig(), sampler=s, sessions=sessions)
+    instrument(m, sessions, registry=registry)
+    m.sample()
+    assert registry.get_sample_value("pathoai_sessions_budget_bytes") is None  # off: no room kept
+    m.gate.budget.keep_room_for(2000 * MIB)
+    filled(sessions, 400)
+    with m.reserve(10):
+        pass
+    assert registry.get_sample_value("pathoai_sessions_budget_bytes") == 1000 * MIB
+
+
 def test_new_work_waits_aside_and_requests_for_sessions_pass_it() -> None:
     m, sessions, now = setting()
     sids = [filled(sessions, 400), filled(sessions, 400)]

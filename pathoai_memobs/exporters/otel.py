@@ -146,8 +146,9 @@ def _callback(
         def single(_: CallbackOptions) -> Iterable[Observation]:
             if before is not None:
                 before()
+            value = fn()  # None: nothing to report now (a gauge that is off)
             # None, not {}: the SDK copies and cleans every attributes mapping, even empty.
-            return [Observation(fn(), None)]
+            return [] if value is None else [Observation(value, None)]
 
         return single
 
@@ -275,6 +276,7 @@ def _monitor_values(m: MemoryMonitor) -> dict[str, Values]:
         "pathoai_memory_reserved_bytes": lambda: m.reserved_bytes,
         "pathoai_requests_rejected_total": lambda: m.requests_rejected_total,
         "pathoai_requests_total": lambda: m.admission.requests_total,
+        "pathoai_sessions_budget_bytes": m.gate.budget_bytes,
         "pathoai_admission_queue_length": lambda: m.admission.queue_length,
         "pathoai_emergency_cleanups_total": lambda: totals().runs,
         "pathoai_emergency_cleanup_freed_bytes_total": lambda: totals().freed_bytes,

@@ -172,6 +172,9 @@ class MemobsCollector(Collector):
         yield _gauge("pathoai_memory_emergency_threshold_bytes", t.floor_bytes)
         yield _gauge("pathoai_memory_reserved_bytes", m.reserved_bytes)
         yield _counter("pathoai_requests_rejected_total", m.requests_rejected_total)
+        budget = m.gate.budget_bytes()
+        if budget is not None:
+            yield _gauge("pathoai_sessions_budget_bytes", budget)
         yield from _admission(m)
         yield from _emergency(m)
         yield _gauge("pathoai_monitor_last_sample_timestamp_seconds", m.last_sample_timestamp)
