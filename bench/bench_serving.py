@@ -4,9 +4,15 @@ that share one reservation ledger, ten trials each.
 
 Each configuration runs 90 s with 12 clients that upload (150-300 MiB), analyse, read,
 pause and abandon half their sessions, obeying Retry-After (tests/apps/slide_load.py). The
-workaround is what users write by hand: no library, one heavy request at a time per worker
-and at most three live sessions (oldest dropped), the largest values that did not OOM here
-with one worker; with N workers, three sessions shared out (at least one each).
+workaround is what users write by hand: no library, one heavy request at a time and at
+most three live sessions (oldest dropped), the largest values that did not OOM here with
+one worker. Under gunicorn its semaphore spans the workers (lock files: a semaphore per
+worker was OOM-killed 2 and 115 times) and each worker keeps one session (two each was
+OOM-killed).
+
+Then the stack run: the same service with an unbounded tile cache growing to 1150 MiB (memory
+admission cannot free), scraped every 5 s by a real Prometheus with the shipped rules as
+they are, routing to a real Alertmanager: Warning and Critical must fire, Stale must not.
 """
 
 from __future__ import annotations
@@ -18,17 +24,21 @@ from pathlib import Path
 from typing import Any
 
 from tests.apps.slide_load import run_load
+from tests.apps.slide_stack import STALE, run_with_stack
 
 from .harness import Row, progress
 
 TITLE = "Serving under pressure: the slide service in 2 GiB, 12 clients"
 SECONDS = float(os.environ.get("PATHOAI_BENCH_SERVING_S", "90"))
 TRIALS = int(os.environ.get("PATHOAI_BENCH_BURST_TRIALS", "10"))
+STACK_S = float(os.environ.get("PATHOAI_BENCH_STACK_S", "600"))
 RAW = Path(__file__).with_name("serving_runs.json")
+#: The stack run's pressure: 1150 MiB at 5 MiB/s puts 2 GiB between critical and the floor.
+LEAK = {"SLIDE_LEAK_MB": "1150", "SLIDE_LEAK_MB_PER_S": "5"}
 
 
 def _config(workers: int) -> dict[str, str]:
-    env = {"SLIDE_SESSIONS": str(max(1, 3 // max(1, workers)))}
+    env = {"SLIDE_SESSIONS": "1" if workers else "3"}  # per worker; 2 each was OOM-killed
     if workers:
         env["SLIDE_MODEL_MB"] = "100"  # four 300 MiB models alone would fill 2 GiB
     return env
@@ -63,6 +73,20 @@ def _rows(server: str, ours: dict[str, Any], hand: dict[str, Any]) -> list[Row]:
     ]  # fmt: skip
 
 
+def _stack_rows(r: dict[str, Any]) -> list[Row]:
+    fired, after = r["fired_in_prometheus"], r["fired_after_s"]
+    rows = []
+    for name in ("PathoAIMemoryWarning", "PathoAIMemoryCritical"):
+        notified = after[name]
+        note = "notified" if notified is not None else "inhibited by Critical"
+        rows.append(Row(f"stack: {name} fired (rules as shipped; {note})", int(fired[name]),
+                        None, "yes=1", "1", fired[name]))  # fmt: skip
+    stale = fired[STALE] or r["stale_pending_or_firing"]
+    rows.append(Row(f"stack: {STALE} pending or fired", int(stale), None, "yes=1", "0", not stale))
+    rows.append(Row("stack: OOM kills", r["oom_kills"], None, "", "0", r["oom_kills"] == 0))
+    return rows
+
+
 def run() -> tuple[list[Row], str]:
     rows: list[Row] = []
     raw: dict[str, Any] = {}
@@ -88,14 +112,22 @@ def run() -> tuple[list[Row], str]:
         case = f"burst of uploads, gunicorn x{workers}: trials OOM-killed"
         rows.append(Row(case, killed, None, f"of {TRIALS}", "0", killed == 0))
     raw["bursts"] = bursts
+    progress(f"stack: Prometheus and Alertmanager watching a growing cache, {STACK_S:.0f} s")
+    watched = run_with_stack(STACK_S, env=LEAK)
+    watched.pop("stderr_tail")
+    raw["stack"] = watched
+    rows += _stack_rows(watched)
     RAW.write_text(json.dumps(raw, indent=1) + "\n")
     notes = (
         f"{SECONDS:.0f} s per configuration; statuses of every run in `bench/serving_runs.json`. "
         "Library: the slide service as the README sets it up (MemoryConfig.from_env, "
         "routes upload = its declared size + 20 MiB and analyze = 700 MiB, "
         "session= for the session budget and pinning; a shared ledger under gunicorn). "
-        "Workaround: one heavy request at a time per worker, three live sessions shared out "
-        "among the workers (oldest dropped). Under gunicorn the model cache is 100 MiB per "
+        "Workaround: one heavy request at a time (under gunicorn across the workers, with lock "
+        "files), three live sessions (under gunicorn one per worker; oldest dropped). "
+        f"Stack run: {STACK_S:.0f} s, scrape every 5 s, a tile cache growing to 1150 MiB at "
+        "5 MiB/s; `fired_after_s` in the raw file is when each notification reached the "
+        "webhook. Under gunicorn the model cache is 100 MiB per "
         "worker. Each client keeps one keep-alive connection, so its requests stay with one "
         "worker (as a sticky balancer would)."
     )

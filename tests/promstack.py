@@ -10,13 +10,16 @@ import json
 import os
 import shutil
 import socket
+import threading
 import time
 import urllib.parse
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from pathoai_memobs.tools import stack
 
@@ -129,3 +132,64 @@ def assert_nothing_serves(*ports: int) -> None:
             raise AssertionError(f"port {port} still served after stop")
         except OSError:
             pass
+
+
+class Webhook:
+    """Alertmanager's receivers, inside the test: records every notification."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[float, str, str, str]] = []  # (time, receiver, alert, status)
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                for alert in body["alerts"]:
+                    hook.events.append(
+                        (
+                            time.time(),
+                            self.path.strip("/"),
+                            alert["labels"]["alertname"],
+                            alert["status"],
+                        )
+                    )
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def first(self, alert: str, status: str) -> float | None:
+        return next((t for t, _, a, s in self.events if a == alert and s == status), None)
+
+    def wait(self, alert: str, status: str, timeout: float = 60) -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.first(alert, status)
+            if found is not None:
+                return found
+            time.sleep(0.2)
+        raise AssertionError(f"{alert} {status} never reached the webhook: {self.events}")
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def alertmanager_config(target: Path, webhook: str, *, fast: bool = True) -> Path:
+    """The shipped routing with its receivers pointed at ``webhook`` (and, when ``fast``,
+    group waits of 1 s, so a test sees a notification at once)."""
+    doc = yaml.safe_load(
+        (Path(__file__).resolve().parent.parent / "alerts" / "alertmanager.yml").read_text()
+    )
+    for receiver in doc["receivers"]:
+        receiver["webhook_configs"][0]["url"] = f"{webhook}/{receiver['name']}"
+    for route in [doc["route"], *doc["route"]["routes"]] if fast else []:
+        route.update(group_wait="1s", group_interval="1s", repeat_interval="1h")
+    target.write_text(yaml.safe_dump(doc))
+    return target

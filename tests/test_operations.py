@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from pathoai_memobs.exporters.prometheus import instrument, start_http_server
 from pathoai_memobs.tools import stack
 from pathoai_memobs.tools.cgroup_sandbox import MemoryCgroup
 
-from .promstack import Prometheus, binary, free_port, wait_http
+from .promstack import Prometheus, Webhook, alertmanager_config, binary, free_port, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "alerts" / "pathoai-memory.rules.yml"
@@ -202,67 +201,12 @@ def test_every_rule_expression_runs(scraped: Prometheus) -> None:
 # -- alerts end to end from real pressure ---------------------------------------------------
 
 
-class Webhook:
-    """Alertmanager's receivers, inside the test: records every notification."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[float, str, str, str]] = []  # (time, receiver, alert, status)
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                for alert in body["alerts"]:
-                    hook.events.append(
-                        (
-                            time.time(),
-                            self.path.strip("/"),
-                            alert["labels"]["alertname"],
-                            alert["status"],
-                        )
-                    )
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def first(self, alert: str, status: str) -> float | None:
-        return next((t for t, _, a, s in self.events if a == alert and s == status), None)
-
-    def wait(self, alert: str, status: str, timeout: float = 60) -> float:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.first(alert, status)
-            if found is not None:
-                return found
-            time.sleep(0.2)
-        raise AssertionError(f"{alert} {status} never reached the webhook: {self.events}")
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def fast_rules(target: Path) -> Path:
-    """The shipped rules with every for: shortened to 2 s (expressions unchanged)."""
+    """The shipped rules with every for: shortened to 2 s and each peak window
+    (max_over_time) to 2 s; the expressions are otherwise unchanged."""
     text = re.sub(r"^(\s+)for: \S+$", r"\1for: 2s", RULES.read_text(), flags=re.M)
+    text = re.sub(r"max_over_time\((\w+)\[1m\]\)", r"max_over_time(\1[2s])", text)
     target.write_text(text)
-    return target
-
-
-def alertmanager_config(target: Path, webhook: str) -> Path:
-    doc = yaml.safe_load((ROOT / "alerts" / "alertmanager.yml").read_text())
-    for receiver in doc["receivers"]:
-        receiver["webhook_configs"][0]["url"] = f"{webhook}/{receiver['name']}"
-    for route in [doc["route"], *doc["route"]["routes"]]:
-        route.update(group_wait="1s", group_interval="1s", repeat_interval="1h")
-    target.write_text(yaml.safe_dump(doc))
     return target
 
 

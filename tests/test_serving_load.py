@@ -12,6 +12,8 @@ import pytest
 from pathoai_memobs.tools.cgroup_sandbox import CgroupUnavailableError
 
 from .apps.slide_load import run_load
+from .apps.slide_stack import STALE, run_with_stack
+from .promstack import binary
 
 
 def load(mode: str, **kwargs: Any) -> dict[str, Any]:
@@ -50,3 +52,27 @@ def test_gunicorn_workers_book_one_ledger_and_a_burst_of_uploads_is_never_oom_ki
     r = load("library", seconds=12, workers=workers, burst=True, env={"SLIDE_MODEL_MB": "50"})
     served_honestly(r)
     assert r["statuses"].get("POST /upload 200", 0) >= 2, r
+
+
+#: An unbounded tile cache grows to 1150 MiB at 25 MiB/s: in 2 GiB the service then sits
+#: between the critical rung (70.6 %) and the floor (75.6 %), memory admission cannot free.
+LEAK = {"SLIDE_LEAK_MB": "1150", "SLIDE_LEAK_MB_PER_S": "25"}
+
+
+@pytest.mark.cgroup
+def test_with_the_stack_watching_warning_and_critical_fire_and_stale_does_not() -> None:
+    """The shipped rules, every duration scaled by 1/15 (for: 5m is 20 s), scraped each
+    second by a real Prometheus routing to a real Alertmanager; the full-length run with the
+    rules as shipped is ``python -m bench serving``."""
+    binary("prometheus")
+    binary("prometheus-alertmanager", "alertmanager")
+    try:
+        r = run_with_stack(75, scale=1 / 15, scrape="1s", env=LEAK)
+    except CgroupUnavailableError as exc:
+        pytest.skip(f"cannot create a memory cgroup here: {exc}")
+    served_honestly(r)
+    fired = r["fired_in_prometheus"]
+    assert fired["PathoAIMemoryWarning"] and fired["PathoAIMemoryCritical"], r
+    assert ("PathoAIMemoryCritical", "pager") in [tuple(x) for x in r["receivers"]], r
+    assert not fired[STALE] and not r["stale_pending_or_firing"], r  # a healthy monitor
+    assert r["lost"] == 0, r

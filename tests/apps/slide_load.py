@@ -68,9 +68,11 @@ class Client:
     """One user: a keep-alive connection, a loop of upload, analyse, read, pause."""
 
     def __init__(
-        self, port: int, tally: Tally, rng: random.Random, abandon: float, *, burst: bool
-    ) -> None:
+        self, port: int, tally: Tally, rng: random.Random, abandon: float, *, burst: bool,
+        slide_mb: tuple[int, int] = (150, 300),
+    ) -> None:  # fmt: skip
         self.port, self.tally, self.rng, self.abandon = port, tally, rng, abandon
+        self.slide_mb = slide_mb
         self.burst = burst  # uploads only, every session abandoned: the gunicorn burst
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 
@@ -106,7 +108,7 @@ class Client:
 
     def run(self, deadline: float) -> None:
         while time.monotonic() < deadline:
-            mb = self.rng.randint(150, 300)
+            mb = self.rng.randint(*self.slide_mb)
             status, body = self.call("POST", "/upload", f"mb={mb}", deadline)
             if status != 200:
                 continue
@@ -175,16 +177,20 @@ def run_load(
     burst: bool = False,
     ledger: bool = True,
     env: dict[str, str] | None = None,
+    slide_mb: tuple[int, int] = (150, 300),
 ) -> dict[str, Any]:
     """Serve ``mode`` in a fresh cgroup of ``limit_bytes`` (``workers`` = 0: one uvicorn
     process, else gunicorn with that many) and drive ``clients`` for ``seconds``. ``burst``:
-    uploads only; ``ledger``: the workers share one (set False to show what it prevents)."""
+    uploads only; ``ledger``: the workers share one (set False to show what it prevents);
+    ``slide_mb``: the range of the clients' slide sizes."""
     group = create_memory_cgroup(limit_bytes, prefix="pathoai-load")
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="pathoai-load-") as shared:
         environ = {**os.environ, "SLIDE_MODE": mode, "PYTHONPATH": str(ROOT), **(env or {})}
         if workers and ledger:
             environ["MEMORY_LEDGER_DIR"] = shared
+        if workers:  # the workaround's heavy semaphore spans the workers (lock files)
+            environ.setdefault("SLIDE_HEAVY_LOCK_DIR", shared)
         proc = group.popen(_server_argv(port, workers), cwd=ROOT, env=environ,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
         try:
@@ -194,7 +200,12 @@ def run_load(
             threads = [
                 threading.Thread(
                     target=Client(
-                        port, tally, random.Random(seed * 1000 + i), abandon, burst=burst
+                        port,
+                        tally,
+                        random.Random(seed * 1000 + i),
+                        abandon,
+                        burst=burst,
+                        slide_mb=slide_mb,
                     ).run,
                     args=(deadline,),
                 )

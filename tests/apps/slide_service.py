@@ -4,25 +4,30 @@
   sized honestly, the error middleware, a SessionManager, the model cache as a cleanup
   callback, a shared ledger when several workers run);
 - ``workaround``: what users write by hand today: no library, the heavy routes behind a
-  semaphore of ``SLIDE_HEAVY`` and at most ``SLIDE_SESSIONS`` live sessions (oldest dropped);
+  semaphore of ``SLIDE_HEAVY`` (per process, or over every worker with lock files in
+  ``SLIDE_HEAVY_LOCK_DIR``) and at most ``SLIDE_SESSIONS`` live sessions per process
+  (oldest dropped);
 - ``bare``: neither.
 
 Routes: POST /upload?mb=N stores an N MiB slide in a new session; POST /analyze?session=S
 holds a working buffer of twice the slide for ``SLIDE_WORK_S`` and stores a result of a
 quarter of it; GET /result?session=S reads it; DELETE /session?session=S ends it. A 300 MiB
 model cache is loaded at start and again by the next analysis after a cleanup drops it.
-Run it as ``uvicorn tests.apps.slide_service:app`` or under gunicorn's uvicorn worker.
+Run it as ``uvicorn tests.apps.slide_service:app`` or under gunicorn's uvicorn worker;
+``SLIDE_METRICS_PORT`` serves the library's /metrics there (one process);
+``SLIDE_LEAK_MB`` grows an unbounded tile cache to that size (``SLIDE_LEAK_MB_PER_S``).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import os
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -35,6 +40,16 @@ MIB = 1 << 20
 MODE = os.environ.get("SLIDE_MODE", "library")
 MODEL_MB = int(os.environ.get("SLIDE_MODEL_MB", "300"))
 WORK_S = float(os.environ.get("SLIDE_WORK_S", "0.5"))
+#: A tile prefetcher whose cache nobody bounds: from start it grows by SLIDE_LEAK_MB_PER_S
+#: to SLIDE_LEAK_MB. Memory outside admission, growing: the pressure the alerts exist for.
+LEAK_MB = int(os.environ.get("SLIDE_LEAK_MB", "0"))
+LEAK_MB_PER_S = float(os.environ.get("SLIDE_LEAK_MB_PER_S", "5"))
+
+
+def _prefetch(cache: list[np.ndarray[Any, Any]], stop: threading.Event) -> None:
+    """The unbounded prefetch cache: 1 MiB tiles at ``LEAK_MB_PER_S`` up to ``LEAK_MB``."""
+    while len(cache) < LEAK_MB and not stop.wait(1 / LEAK_MB_PER_S):
+        cache.append(_filled(1))
 
 
 def _query(scope: Any) -> dict[str, str]:
@@ -106,6 +121,32 @@ class HandStore:
             self.data.pop(sid, None)
 
 
+class FileSemaphore:
+    """The workaround's heavy gate across gunicorn workers: ``n`` lock files in a shared
+    directory, one held per heavy request (what a user writes when one semaphore per
+    worker lets the workers together exceed the container)."""
+
+    def __init__(self, directory: str, n: int) -> None:
+        self.paths = [os.path.join(directory, f"heavy-{i}.lock") for i in range(n)]
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        fds = [os.open(p, os.O_RDWR | os.O_CREAT, 0o600) for p in self.paths]
+        try:
+            while True:  # the first free lock; each open file is its own lock holder
+                for fd in fds:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue
+                    yield
+                    return
+                time.sleep(0.01)
+        finally:
+            for fd in fds:
+                os.close(fd)  # closing drops the lock
+
+
 class GoneError(Exception):
     """The workaround's session was dropped (the library raises SessionNotFoundError)."""
 
@@ -116,14 +157,21 @@ class SlideService:
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self.model = Model()
-        self.heavy = threading.BoundedSemaphore(int(os.environ.get("SLIDE_HEAVY", "1")))
+        heavy = int(os.environ.get("SLIDE_HEAVY", "1"))
+        shared = os.environ.get("SLIDE_HEAVY_LOCK_DIR")  # container-wide under gunicorn
+        semaphore = threading.BoundedSemaphore(heavy)
+        self.heavy: Callable[[], contextlib.AbstractContextManager[Any]] = (
+            FileSemaphore(shared, heavy).held if shared else lambda: semaphore
+        )
         cap = int(os.environ.get("SLIDE_SESSIONS", "3")) if mode == "workaround" else None
         self.hand = HandStore(cap)
         self.lib: dict[str, Any] = {}
 
     def gate(self) -> contextlib.AbstractContextManager[Any]:
         """The workaround's semaphore around a heavy route (nothing otherwise)."""
-        return self.heavy if self.mode == "workaround" else contextlib.nullcontext()
+        if self.mode != "workaround":
+            return contextlib.nullcontext()
+        return self.heavy()
 
     @contextlib.contextmanager
     def session(self, sid: str) -> Iterator[dict[str, Any]]:
@@ -181,12 +229,32 @@ class SlideService:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        stop, tiles = threading.Event(), app.state.tiles
+        threading.Thread(target=_prefetch, args=(tiles, stop), daemon=True).start()
+        try:
+            async with self._library(app):
+                yield
+        finally:
+            stop.set()
+
+    @contextlib.asynccontextmanager
+    async def _library(self, app: Starlette) -> AsyncIterator[None]:
         if self.mode != "library":
             yield
             return
         self.lib["sessions"].start_sweeper()
+        port = os.environ.get("SLIDE_METRICS_PORT")  # /metrics for a Prometheus, if asked
+        server = None
+        if port:
+            from pathoai_memobs.exporters.prometheus import instrument, start_http_server
+
+            lib = self.lib
+            instrument(lib["monitor"], lib["sessions"], lib["gc_manager"])
+            server = start_http_server(int(port))
         with self.lib["monitor"]:
             yield
+        if server is not None:
+            server.stop()
         self.lib["sessions"].stop_sweeper()
 
 
@@ -205,6 +273,7 @@ def build(mode: str = MODE) -> Starlette:
     ]
     app = Starlette(routes=routes, lifespan=service.lifespan, exception_handlers={GoneError: _gone})
     app.state.service = service
+    app.state.tiles = []  # the unbounded prefetch cache (SLIDE_LEAK_MB)
     if mode == "library":
         _with_library(app, service.model, service.lib)
     return app
