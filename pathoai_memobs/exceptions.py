@@ -86,3 +86,17 @@ class SessionMemoryLimitError(MemoryManagementError):
             f"{who} would need {needed_bytes} bytes ({needed_bytes / 2**20:.1f} MB), "
             f"over its limit of {limit_bytes} bytes ({limit_bytes / 2**20:.1f} MB)"
         )
+
+
+class SpillRefusedError(MemoryManagementError):
+    """A buffer was not spilled (``cause``: budget, disk_full, memory_fs, io_error); it
+    stays in memory, and the ladder goes on to its next step."""
+
+    def __init__(self, cause: str, detail: str = "") -> None:
+        self.cause = cause
+        super().__init__(f"spill refused ({cause}){': ' + detail if detail else ''}")
+
+
+class SpillCorruptError(MemoryManagementError):
+    """A spilled buffer could not be read back intact (checksum or authentication failed,
+    truncated or unreadable file): its data is never returned."""

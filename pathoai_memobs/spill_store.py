@@ -1,0 +1,278 @@
+"""SpillStore: large session buffers on local disk, encrypted, checksummed, never half-read.
+
+A spill writes a temporary file (0600, in a per-process directory 0700 under the spill
+directory, names that reveal nothing), syncs its data, renames it into place and drops its
+pages from the page cache (cached pages are charged to the container, so a spill that left
+them would free nothing); only then may the caller let go of the buffer. The data goes in
+chunks (bounded memory however large the buffer), each sealed with AES-GCM under a key that
+exists only in this process's memory, so files a crashed process left are unreadable; with
+encryption off each chunk carries a BLAKE2b digest. A restore checks every chunk and raises
+SpillCorruptError rather than return wrong data.
+
+Each process holds a lock on its own directory for its life; opening a store removes the
+directories of processes that died (``sweep``), whose files no key can read any more.
+The decision whether to spill at all is ``refusal``, a pure function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .exceptions import ConfigError, SpillCorruptError, SpillRefusedError
+from .readers.mounts import MEMORY_FILESYSTEMS, filesystem_of, read_mounts
+
+MAGIC: Final = b"PATHOSPL"
+VERSION: Final = 1
+_HEAD: Final = struct.Struct("<8sIIQI8sI")  # magic, version, flags, nbytes, chunk, nonce, meta
+_ENCRYPTED: Final = 1
+TAG_BYTES: Final = 16
+CHUNK_BYTES: Final = 4 << 20
+LOCK_NAME: Final = ".owner.lock"
+
+
+@dataclass(frozen=True)
+class SpillRef:
+    """Where one spilled buffer is, and what it was (never an id or its contents)."""
+
+    name: str
+    nbytes: int
+    kind: str  # "ndarray", "bytes" or "bytearray"
+    dtype: str = "|u1"
+    shape: tuple[int, ...] = ()
+
+
+def refusal(  # noqa: PLR0917 -- one pure decision over the numbers it weighs
+    nbytes: int, spilled: int, max_bytes: int, free: int, total: int, min_free_ratio: float,
+    fstype: str | None,
+) -> str | None:  # fmt: skip
+    """Why ``nbytes`` may not be spilled now (None: it may): the store's budget, a disk that
+    would be left with less than ``min_free_ratio`` free, or a filesystem that is memory."""
+    if fstype in MEMORY_FILESYSTEMS:
+        return "memory_fs"
+    if spilled + nbytes > max_bytes:
+        return "budget"
+    if total > 0 and free - nbytes < min_free_ratio * total:
+        return "disk_full"
+    return None
+
+
+def _aead() -> Any:
+    try:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415 -- optional
+    except ImportError:
+        return None
+    return AESGCM
+
+
+class SpillStore:
+    """Spilled buffers of this process in ``directory`` (see the module docstring)."""
+
+    def __init__(
+        self, directory: str, *, max_bytes: int, min_free_ratio: float = 0.1,
+        encrypt: bool = True, root: str = "/", variable: str = "spill_dir",
+    ) -> None:  # fmt: skip
+        aead = _aead() if encrypt else None
+        if encrypt and aead is None:
+            raise ConfigError(variable, directory, "encryption needs the 'cryptography' "
+                              "package: pip install 'pathoai-memobs[spill]'")  # fmt: skip
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            os.chmod(directory, 0o700)  # patient data: the owner only
+        except OSError as exc:
+            raise ConfigError(variable, directory, f"cannot use it: {exc}") from None
+        self.directory, self.max_bytes, self.min_free_ratio = directory, max_bytes, min_free_ratio
+        self.fstype = filesystem_of(directory, read_mounts(root))
+        self._cipher = aead(aead.generate_key(bit_length=256)) if aead is not None else None
+        self._lock = threading.Lock()
+        self.spilled_bytes = 0
+        self.swept = self.sweep()
+        self.own = os.path.join(directory, f"p{secrets.token_hex(8)}")
+        os.mkdir(self.own, 0o700)
+        self._owner = os.open(os.path.join(self.own, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    @property
+    def encrypted(self) -> bool:
+        return self._cipher is not None
+
+    def sweep(self) -> int:
+        """Remove what dead processes left (their directories' locks are free); the files."""
+        removed = 0
+        for entry in os.scandir(self.directory):
+            if not entry.is_dir(follow_symlinks=False) or not entry.name.startswith("p"):
+                continue
+            lock = os.path.join(entry.path, LOCK_NAME)
+            try:
+                fd = os.open(lock, os.O_RDWR)
+            except OSError:
+                fd = -1
+            try:
+                if fd >= 0:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: a live process
+            except OSError:
+                os.close(fd)
+                continue
+            for name in os.listdir(entry.path):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(entry.path, name))
+                    removed += name != LOCK_NAME
+            if fd >= 0:
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                os.rmdir(entry.path)
+        return removed
+
+    def check(self, nbytes: int) -> None:
+        """Raise SpillRefusedError where ``nbytes`` may not be spilled now."""
+        st = os.statvfs(self.directory)
+        cause = refusal(nbytes, self.spilled_bytes, self.max_bytes, st.f_bavail * st.f_frsize,
+                        st.f_blocks * st.f_frsize, self.min_free_ratio, self.fstype)  # fmt: skip
+        if cause is not None:
+            raise SpillRefusedError(cause)
+
+    def spill(self, value: Any) -> SpillRef:
+        """Write ``value`` (a C-contiguous ndarray, bytes or bytearray) to disk; its ref.
+        On any refusal or I/O error nothing is left behind and the caller keeps the value."""
+        view, ref = _describe(value)
+        self.check(ref.nbytes)
+        name = secrets.token_hex(16)
+        tmp, final = os.path.join(self.own, f".{name}.tmp"), os.path.join(self.own, name)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                self._write(fd, view, ref)
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # cached pages are charged
+            finally:
+                os.close(fd)
+            os.rename(tmp, final)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise SpillRefusedError("io_error", exc.strerror or str(exc)) from None
+        with self._lock:
+            self.spilled_bytes += ref.nbytes
+        return SpillRef(name, ref.nbytes, ref.kind, ref.dtype, ref.shape)
+
+    def restore(self, ref: SpillRef) -> Any:
+        """The value ``ref`` was spilled from, checked chunk by chunk; the file is removed.
+        Any mismatch, truncation or read error raises SpillCorruptError."""
+        path = os.path.join(self.own, ref.name)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                out = self._read(f, ref)
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError as exc:
+            raise SpillCorruptError(f"cannot read the spilled buffer: {exc.strerror}") from None
+        self.discard(ref)
+        return _rebuild(out, ref)
+
+    def discard(self, ref: SpillRef) -> None:
+        """Remove ``ref``'s file (expiry, deletion, or after a restore)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.own, ref.name))
+            with self._lock:
+                self.spilled_bytes -= ref.nbytes
+
+    def close(self) -> None:
+        """Remove every file of this process and its directory."""
+        for name in os.listdir(self.own):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.own, name))
+        os.close(self._owner)
+        with contextlib.suppress(OSError):
+            os.rmdir(self.own)
+        self.spilled_bytes = 0
+
+    # -- the format --------------------------------------------------------------------------
+
+    def _header(self, ref: SpillRef, nonce: bytes) -> bytes:
+        meta = json.dumps({"kind": ref.kind, "dtype": ref.dtype, "shape": ref.shape}).encode()
+        flags = _ENCRYPTED if self.encrypted else 0
+        return _HEAD.pack(MAGIC, VERSION, flags, ref.nbytes, CHUNK_BYTES, nonce, len(meta)) + meta
+
+    def _seal(self, nonce: bytes, index: int, chunk: memoryview, header: bytes) -> bytes:
+        if self._cipher is None:
+            return bytes(chunk) + hashlib.blake2b(chunk, digest_size=TAG_BYTES).digest()
+        sealed: bytes = self._cipher.encrypt(nonce + struct.pack("<I", index), chunk, header)
+        return sealed
+
+    def _open(self, nonce: bytes, index: int, sealed: bytes, header: bytes) -> bytes:
+        if self._cipher is None:
+            data, tag = sealed[:-TAG_BYTES], sealed[-TAG_BYTES:]
+            if hashlib.blake2b(data, digest_size=TAG_BYTES).digest() != tag:
+                raise SpillCorruptError(f"chunk {index} does not match its checksum")
+            return data
+        try:
+            opened: bytes = self._cipher.decrypt(nonce + struct.pack("<I", index), sealed, header)
+        except Exception:  # cryptography's InvalidTag: altered, truncated or another key
+            raise SpillCorruptError(f"chunk {index} failed authentication") from None
+        return opened
+
+    def _write(self, fd: int, view: memoryview, ref: SpillRef) -> None:
+        nonce = secrets.token_bytes(8)
+        header = self._header(ref, nonce)
+        _write_all(fd, header)
+        for index, start in enumerate(range(0, ref.nbytes, CHUNK_BYTES)):
+            _write_all(fd, self._seal(nonce, index, view[start : start + CHUNK_BYTES], header))
+
+    def _read(self, f: Any, ref: SpillRef) -> bytearray:
+        head = f.read(_HEAD.size)
+        if len(head) != _HEAD.size:
+            raise SpillCorruptError("truncated header")
+        magic, version, flags, nbytes, chunk, nonce, meta_len = _HEAD.unpack(head)
+        if magic != MAGIC or version != VERSION or nbytes != ref.nbytes:
+            raise SpillCorruptError("not this store's file, or another version")
+        if bool(flags & _ENCRYPTED) != self.encrypted or chunk <= 0:
+            raise SpillCorruptError("written with other settings")
+        header = head + f.read(meta_len)
+        if header != self._header(ref, nonce):
+            raise SpillCorruptError("the header does not describe this buffer")
+        out = bytearray(nbytes)
+        for index, start in enumerate(range(0, nbytes, chunk)):
+            size = min(chunk, nbytes - start)
+            sealed = f.read(size + TAG_BYTES)
+            if len(sealed) != size + TAG_BYTES:
+                raise SpillCorruptError(f"truncated at chunk {index}")
+            out[start : start + size] = self._open(nonce, index, sealed, header)
+        if f.read(1):
+            raise SpillCorruptError("trailing data")
+        return out
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _describe(value: Any) -> tuple[memoryview, SpillRef]:
+    """The bytes of ``value`` and what it is; TypeError for what cannot be spilled."""
+    if isinstance(value, (bytes, bytearray)):
+        return memoryview(value), SpillRef("", len(value), type(value).__name__)
+    shape, dtype, flags = (getattr(value, a, None) for a in ("shape", "dtype", "flags"))
+    if shape is not None and dtype is not None and flags is not None:
+        if not flags["C_CONTIGUOUS"] or dtype.hasobject:
+            raise TypeError("only C-contiguous arrays without objects are spilled")
+        view = memoryview(value).cast("B") if value.nbytes else memoryview(b"")
+        return view, SpillRef("", int(value.nbytes), "ndarray", dtype.str, tuple(shape))
+    raise TypeError(f"cannot spill a {type(value).__name__}")
+
+
+def _rebuild(data: bytearray, ref: SpillRef) -> Any:
+    if ref.kind == "bytes":
+        return bytes(data)
+    if ref.kind == "bytearray":
+        return data
+    import numpy as np  # noqa: PLC0415 -- only an ndarray was spilled, so numpy is there
+
+    return np.frombuffer(data, dtype=np.dtype(ref.dtype)).reshape(ref.shape)

@@ -1,0 +1,182 @@
+"""The spill store: buffers on disk and back byte-identical, encrypted or checksummed;
+altered, truncated or foreign files refused with a typed error; files and directories for
+the owner only; what a dead process left swept; refusals decided before anything is
+written. Real files in a temporary directory, real processes for the sweep."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pathoai_memobs.exceptions import ConfigError, SpillCorruptError, SpillRefusedError
+from pathoai_memobs.readers.mounts import filesystem_of, parse_mountinfo, read_mounts
+from pathoai_memobs.spill_store import CHUNK_BYTES, SpillStore, refusal
+
+MIB = 1 << 20
+
+
+@pytest.fixture(params=[True, False], ids=["encrypted", "checksummed"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> SpillStore:
+    s = SpillStore(str(tmp_path / "spill"), max_bytes=256 * MIB, encrypt=request.param)
+    yield s  # type: ignore[misc]
+    s.close()
+
+
+def files(s: SpillStore) -> list[Path]:
+    return [p for p in Path(s.own).iterdir() if not p.name.startswith(".")]
+
+
+def test_buffers_come_back_byte_identical_and_their_files_go(store: SpillStore) -> None:
+    array = np.random.default_rng(1).random((3, 1000, 700), dtype=np.float32)  # ~8 MiB
+    digest = hashlib.sha256(array.tobytes()).hexdigest()
+    refs = [store.spill(array), store.spill(b"x" * 1000), store.spill(bytearray(b"y" * 10))]
+    assert refs[0].nbytes > CHUNK_BYTES  # more than one chunk
+    assert store.spilled_bytes == sum(r.nbytes for r in refs) and len(files(store)) == 3
+    back = store.restore(refs[0])
+    assert back.dtype == array.dtype and back.shape == array.shape and back.flags.writeable
+    assert hashlib.sha256(back.tobytes()).hexdigest() == digest
+    assert store.restore(refs[1]) == b"x" * 1000
+    assert store.restore(refs[2]) == bytearray(b"y" * 10)
+    assert store.spilled_bytes == 0 and files(store) == []
+
+
+def test_files_are_the_owners_only_and_their_names_say_nothing(store: SpillStore) -> None:
+    ref = store.spill(np.zeros(MIB, np.uint8))
+    assert stat.S_IMODE(os.stat(store.directory).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(store.own).st_mode) == 0o700
+    (path,) = files(store)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.name == ref.name and len(ref.name) == 32  # random, not a session id
+
+
+def test_encrypted_files_do_not_hold_the_plain_data(tmp_path: Path) -> None:
+    s = SpillStore(str(tmp_path), max_bytes=64 * MIB, encrypt=True)
+    marker = b"PATIENT-0042-SLIDE" * 1000
+    s.spill(marker)
+    (path,) = files(s)
+    assert b"PATIENT-0042" not in path.read_bytes()
+    s.close()
+
+
+def test_an_altered_byte_is_refused_never_returned(store: SpillStore) -> None:
+    ref = store.spill(np.arange(2 * MIB, dtype=np.uint8))
+    (path,) = files(store)
+    with open(path, "r+b") as f:
+        f.seek(path.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(SpillCorruptError):
+        store.restore(ref)
+
+
+def test_a_truncated_or_missing_file_is_refused(store: SpillStore) -> None:
+    ref = store.spill(np.ones(MIB, np.uint8))
+    (path,) = files(store)
+    os.truncate(path, path.stat().st_size - 100)
+    with pytest.raises(SpillCorruptError, match="truncated"):
+        store.restore(ref)
+    path.unlink()
+    with pytest.raises(SpillCorruptError, match="cannot read"):
+        store.restore(ref)
+
+
+def test_another_process_key_cannot_read_a_file(tmp_path: Path) -> None:
+    a = SpillStore(str(tmp_path), max_bytes=64 * MIB)
+    b = SpillStore(str(tmp_path), max_bytes=64 * MIB)
+    ref = a.spill(b"z" * 5000)
+    os.rename(os.path.join(a.own, ref.name), os.path.join(b.own, ref.name))
+    with pytest.raises(SpillCorruptError, match="authentication"):
+        b.restore(ref)
+    a.close()
+    b.close()
+
+
+def _spill_and_die(directory: str) -> None:
+    s = SpillStore(directory, max_bytes=64 * MIB)
+    s.spill(b"left behind" * 100)
+    Path(s.own, ".half.tmp").write_bytes(b"half")  # a crash before the rename
+    os._exit(0)  # no close(): what a SIGKILL or an OOM kill leaves
+
+
+def test_what_a_dead_process_left_is_swept_and_a_live_ones_is_not(tmp_path: Path) -> None:
+    live = SpillStore(str(tmp_path), max_bytes=64 * MIB)
+    live.spill(b"still needed")
+    child = multiprocessing.get_context("fork").Process(
+        target=_spill_and_die, args=(str(tmp_path),)
+    )
+    child.start()
+    child.join(30)
+    assert len(list(tmp_path.iterdir())) == 2
+    fresh = SpillStore(str(tmp_path), max_bytes=64 * MIB)
+    assert fresh.swept == 2  # the spilled file and the half-written one
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [Path(live.own).name, Path(fresh.own).name]
+    )
+    assert len(files(live)) == 1
+    live.close()
+    fresh.close()
+
+
+def test_refusals_are_decided_before_anything_is_written(tmp_path: Path) -> None:
+    assert refusal(10, 0, 100, 1000, 1000, 0.1, "ext4") is None
+    assert refusal(10, 95, 100, 1000, 1000, 0.1, "ext4") == "budget"
+    assert refusal(10, 0, 100, 105, 1000, 0.1, "ext4") == "disk_full"
+    assert refusal(10, 0, 100, 1000, 1000, 0.1, "tmpfs") == "memory_fs"
+    s = SpillStore(str(tmp_path), max_bytes=MIB)
+    with pytest.raises(SpillRefusedError) as refused:
+        s.spill(b"x" * (2 * MIB))
+    assert refused.value.cause == "budget" and files(s) == []
+    with pytest.raises(TypeError):
+        s.spill(np.ones((10, 10))[:, ::2])  # a strided view: not spilled (yet) as is
+    s.close()
+
+
+def test_an_io_error_leaves_nothing_and_the_value_with_the_caller(tmp_path: Path) -> None:
+    s = SpillStore(str(tmp_path), max_bytes=64 * MIB)
+    os.rename(s.own, s.own + "-gone")  # the directory vanished under the store
+    with pytest.raises(SpillRefusedError) as refused:
+        s.spill(b"kept in memory")
+    assert refused.value.cause == "io_error" and s.spilled_bytes == 0
+    os.rename(s.own + "-gone", s.own)
+    s.close()
+
+
+def test_a_spill_directory_on_tmpfs_frees_nothing_and_is_refused() -> None:
+    if filesystem_of("/dev/shm", read_mounts()) != "tmpfs":
+        pytest.skip("/dev/shm is not a tmpfs on this machine")
+    s = SpillStore("/dev/shm/pathoai-spill-test", max_bytes=64 * MIB)
+    try:
+        with pytest.raises(SpillRefusedError) as refused:
+            s.spill(b"x" * 100)
+        assert refused.value.cause == "memory_fs"
+    finally:
+        s.close()
+        os.rmdir("/dev/shm/pathoai-spill-test")
+
+
+def test_mountinfo_is_parsed_with_escapes_and_the_longest_mount_wins() -> None:
+    text = (
+        "22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n"
+        "30 22 0:5 / /dev/shm rw - tmpfs tmpfs rw\n"
+        "31 22 0:6 / /mnt/my\\040disk rw - xfs /dev/sdb rw\n"
+        "garbage\n"
+    )
+    mounts = parse_mountinfo(text)
+    assert ("/mnt/my disk", "xfs") in mounts and len(mounts) == 3
+    assert filesystem_of("/dev/shm/x", mounts) == "tmpfs"
+    assert filesystem_of("/mnt/my disk/spill", mounts) == "xfs"
+    assert filesystem_of("/var/tmp", mounts) == "ext4"
+
+
+def test_a_directory_that_cannot_be_made_is_a_config_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError, match="spill_dir"):
+        SpillStore(str(blocker / "spill"), max_bytes=MIB)
