@@ -27,17 +27,22 @@ ENV_VARS: Final[Mapping[str, str]] = MappingProxyType(
         "aggressive_gc": "AGGRESSIVE_GC",
         "session_idle_free_minutes": "SESSION_IDLE_FREE_MINUTES",
         "ledger_dir": "MEMORY_LEDGER_DIR",
+        "spill_dir": "SESSION_SPILL_DIR",
+        "spill_max_gb": "SESSION_SPILL_MAX_GB",
+        "spill_min_free_percent": "SESSION_SPILL_MIN_FREE_PERCENT",
+        "spill_idle_minutes": "SESSION_SPILL_IDLE_MINUTES",
+        "spill_min_buffer_mb": "SESSION_SPILL_MIN_BUFFER_MB",
     }
 )
 #: Where ``ledger_dir`` comes from when MEMORY_LEDGER_DIR is unset: the multiprocess
 #: directory, which every worker of a gunicorn/uvicorn service already shares.
 LEDGER_FALLBACK_VAR: Final = "PROMETHEUS_MULTIPROC_DIR"
-_STR_FIELDS: Final = ("ledger_dir",)
+_STR_FIELDS: Final = ("ledger_dir", "spill_dir")
 
 _TRUE: Final = frozenset({"true", "1", "yes"})
 _FALSE: Final = frozenset({"false", "0", "no"})
 
-_PERCENT_FIELDS: Final = ("max_memory_percent", "proactive_gc_threshold")
+_PERCENT_FIELDS: Final = ("max_memory_percent", "proactive_gc_threshold", "spill_min_free_percent")
 _POSITIVE_FIELDS: Final = (
     "max_session_memory_gb",
     "session_timeout_minutes",
@@ -45,6 +50,9 @@ _POSITIVE_FIELDS: Final = (
     "monitoring_interval_sec",
     "emergency_cleanup_threshold_mb",
     "session_idle_free_minutes",
+    "spill_max_gb",
+    "spill_idle_minutes",
+    "spill_min_buffer_mb",
 )
 _GC_THRESHOLD_FIELDS: Final = ("gc_threshold_gen0", "gc_threshold_gen1", "gc_threshold_gen2")
 #: The real bounds of each positive field: past them a value overflows later (a byte count
@@ -57,6 +65,9 @@ _UPPER: Final[Mapping[str, float]] = MappingProxyType(
         "session_cleanup_interval_minutes": 1e8,
         "monitoring_interval_sec": 86400.0,
         "session_idle_free_minutes": 1e8,
+        "spill_max_gb": float(1 << 32),
+        "spill_idle_minutes": 1e8,
+        "spill_min_buffer_mb": float(1 << 42),
     }
 )
 #: gc.set_threshold takes a C int.
@@ -123,6 +134,15 @@ class MemoryConfig:
     #: their reservations are booked in one ledger (``ledger.SharedLedger``); "" = this
     #: process only.
     ledger_dir: str = ""
+    #: Beyond the reference: where idle sessions' large buffers are spilled (encrypted)
+    #: before any eviction; "" = spilling off. The rest bound it: a byte budget, the disk's
+    #: free share to leave, the idle age before a session may be spilled, the smallest
+    #: buffer worth a file.
+    spill_dir: str = ""
+    spill_max_gb: float = 10.0
+    spill_min_free_percent: float = 10.0
+    spill_idle_minutes: float = 0.5
+    spill_min_buffer_mb: float = 4.0
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -247,10 +247,14 @@ class EmergencyCleanup:
             gc.collect()
 
     def _evict_sessions(self) -> None:
-        """Evict least-recently-used unpinned sessions, re-measuring after each batch."""
+        """Spill every unpinned session's large buffers where a spill store is set (nothing
+        lost), then evict least-recently-used unpinned sessions, re-measuring after each."""
         sessions = self._sessions()
         if sessions is None:
             return
+        needed = self.target_bytes - self._available()
+        if needed > 0:
+            sessions.spill_idle(needed, min_idle_s=0.0)
         while True:
             needed = self.target_bytes - self._available()
             if needed <= 0:

@@ -3,8 +3,9 @@
 A request that does not fit is not refused at once:
 
 1. **Free before refusing.** Memory that no active request needs goes first: expired
-   sessions, then sessions idle for ``idle_free_s`` or more (unpinned, least recently used
-   first), as many as the request lacks. Only one request frees at a time.
+   sessions, then idle sessions' large buffers spilled to disk where a spill store is set
+   (nothing lost), then sessions idle for ``idle_free_s`` or more evicted (unpinned, least
+   recently used first), as many as the request lacks. Only one request frees at a time.
 2. **Wait in line** (``wait_s`` > 0): in arrival order, until memory is released or freed,
    or the wait runs out. Only the first in line may be admitted, so small requests cannot
    starve a large one (``admission.Admission.admit_locked``). A blocking wait sleeps on the
@@ -194,9 +195,11 @@ class AdmissionGate:
         if need == 0:
             return True
         with self._freeing:  # idle a moment at least: not one a request is filling now
-            freed = sessions.evict_least_recently_used(
-                need, reason="budget", min_idle_s=BUDGET_IDLE_S
-            )
+            freed = sessions.spill_idle(need, min_idle_s=BUDGET_IDLE_S)  # nothing lost
+            if freed < need:
+                freed += sessions.evict_least_recently_used(
+                    need - freed, reason="budget", min_idle_s=BUDGET_IDLE_S
+                )
         return over_budget(held - freed + reserved, required, budget) == 0
 
     def budget_bytes(self) -> int | None:
@@ -224,11 +227,17 @@ class AdmissionGate:
             return False
         try:
             removed = sessions.cleanup_inactive_sessions()
+            spilled = sessions.spill_idle(
+                lacking, min_idle_s=min(self.idle_free_s, sessions.spill_idle_s)
+            )
             before = sessions.removed_total("idle")
-            sessions.evict_least_recently_used(lacking, reason="idle", min_idle_s=self.idle_free_s)
+            if spilled < lacking:
+                sessions.evict_least_recently_used(
+                    lacking - spilled, reason="idle", min_idle_s=self.idle_free_s
+                )
             evicted = sessions.removed_total("idle") - before
             self.freed_sessions += evicted
-            return removed + evicted > 0
+            return removed + evicted > 0 or spilled > 0
         finally:
             self._freeing.release()
 

@@ -41,6 +41,8 @@ class SessionRecord:
         "pins",
         "refs",
         "sid",
+        "spilled",
+        "version",
     )
 
     def __init__(self, sid: str, fp: str, now_mono: float, now_wall: float) -> None:
@@ -54,6 +56,8 @@ class SessionRecord:
         self.host = 0
         self.device = 0
         self.pins = 0
+        self.spilled: dict[str, Any] = {}  # key -> its SpillRef, while on disk
+        self.version = 0  # bumped by every change of data (a spill in flight checks it)
 
 
 def recount(session: SessionRecord, measured: Mapping[str, Charges]) -> tuple[int, int]:
@@ -109,6 +113,7 @@ def apply(session: SessionRecord, data: Mapping[str, Any], measured: Mapping[str
                     del refs[ident]
         session.keys[key] = new
         session.data[key] = data[key]
+    session.version += 1
 
 
 def _reach(refs: dict[int, BufferRef], ident: int, nbytes: int, *, on_device: bool) -> None:

@@ -21,12 +21,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
 from .config import MemoryConfig
-from .exceptions import SessionMemoryLimitError, SessionNotFoundError
+from .exceptions import (
+    SessionMemoryLimitError,
+    SessionNotFoundError,
+)
 from .exporters.catalogue import REMOVAL_REASONS
 from .forksafe import after_fork_in_child
 from .session_accounting import (
@@ -37,13 +39,16 @@ from .session_accounting import (
     recount,
 )
 from .session_hooks import RemovalHook, RemovalHooks, Removed
+from .session_spill import SpillingSessions
 from .session_sweeper import Sweeper
 from .session_top import TopSessions
+from .session_view import SessionAggregates, SessionData
 from .sizeof import Charges, measure
-from .units import GIB, non_negative, positive
+from .spill_store import SpillStore
+from .units import GIB, MIB, non_negative, positive
 
 __all__ = ["GIB", "SessionAggregates", "SessionData", "SessionManager", "fingerprint"]
-RemovalReason = Literal["timeout", "explicit", "emergency", "idle", "budget"]
+RemovalReason = Literal["timeout", "explicit", "emergency", "idle", "budget", "spill_corrupt"]
 
 #: Upper bounds (bytes) of the session-size distribution, 1 MiB to 16 GiB.
 SIZE_BUCKETS: Final[tuple[int, ...]] = tuple(1 << p for p in range(20, 35, 2))
@@ -56,45 +61,11 @@ def fingerprint(session_id: str) -> str:
     return hmac.new(_FINGERPRINT_KEY, session_id.encode(), hashlib.sha256).hexdigest()[:12]
 
 
-@dataclass(frozen=True)
-class SessionData:
-    """A session as seen by the caller.
-
-    ``data`` is a read-only *live view* of the session's keys: it shows later updates, and
-    its values are the stored objects themselves, not copies. ``created_at`` and
-    ``last_access`` are epoch seconds; ``memory_bytes`` is host memory, ``device_memory_bytes``
-    accelerator memory (GPU tensors).
-    """
-
-    session_id: str = field(repr=False)  # a secret: never in a repr, a log line or a label
-    created_at: float
-    last_access: float
-    data: Mapping[str, Any]
-    memory_bytes: int
-    device_memory_bytes: int
-    fingerprint: str
-
-
-@dataclass(frozen=True)
-class SessionAggregates:
-    """What the exporters publish: no ids, only counts, sizes and fingerprints."""
-
-    active: int
-    total_bytes: int
-    device_bytes: int
-    largest_bytes: int
-    size_buckets: tuple[int, ...]  # non-cumulative counts per SIZE_BUCKETS slot (+ over)
-    top: tuple[tuple[str, int], ...]  # (fingerprint, bytes), largest first
-    created_total: int
-    removed_total: Mapping[str, int]
-    hook_failures_total: int
-
-
 def _bucket(nbytes: int) -> int:
     return bisect.bisect_left(SIZE_BUCKETS, nbytes)
 
 
-class SessionManager:
+class SessionManager(SpillingSessions):
     """User sessions with an idle timeout and a per-session memory limit (GiB)."""
 
     def __init__(
@@ -106,6 +77,9 @@ class SessionManager:
         top_k: int = 10,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        spill: SpillStore | None = None,
+        spill_min_bytes: int = 4 << 20,
+        spill_idle_s: float = 30.0,
     ) -> None:
         self.timeout_s = positive("timeout_minutes", timeout_minutes, maximum=1e9) * 60
         self.max_memory_bytes = int(positive("max_memory_gb", max_memory_gb, maximum=1 << 32) * GIB)
@@ -129,10 +103,26 @@ class SessionManager:
             self.cleanup_inactive_sessions, name="pathoai-session-sweeper", where="session_sweep"
         )
         self._top = TopSessions(top_k, self._sessions)
+        self.spill_store, self.spill_min_bytes, self.spill_idle_s = (
+            spill,
+            spill_min_bytes,
+            spill_idle_s,
+        )
+        self.spill_refusals: collections.Counter[str] = collections.Counter()
+        self._restoring = threading.Lock()  # one restore at a time: each reads whole files
         after_fork_in_child(self._forked)
 
     @classmethod
     def from_config(cls, config: MemoryConfig, **kwargs: Any) -> SessionManager:
+        """The manager ``config`` describes, spilling to ``spill_dir`` where it is set."""
+        if config.spill_dir and "spill" not in kwargs:
+            kwargs["spill"] = SpillStore(
+                config.spill_dir, max_bytes=int(config.spill_max_gb * GIB),
+                min_free_ratio=config.spill_min_free_percent / 100,
+                variable=config.variable_of("spill_dir"),
+            )  # fmt: skip
+            kwargs.setdefault("spill_min_bytes", int(config.spill_min_buffer_mb * MIB))
+            kwargs.setdefault("spill_idle_s", config.spill_idle_minutes * 60)
         return cls(
             config.session_timeout_minutes,
             config.max_session_memory_gb,
@@ -159,6 +149,7 @@ class SessionManager:
         Raises SessionNotFoundError for an unknown or expired id, and SessionMemoryLimitError
         (leaving the session as it was) when the new total would exceed the limit.
         """
+        self._restore(session_id)  # a spilled session comes back whole first
         measured = {key: measure(value) for key, value in data.items()}  # outside the lock
         expired = None
         with self._lock:
@@ -177,7 +168,9 @@ class SessionManager:
             raise SessionNotFoundError()
 
     def get_session(self, session_id: str) -> SessionData | None:
-        """The session (refreshing its last access), or None if unknown or expired."""
+        """The session (refreshing its last access), or None if unknown or expired. A
+        spilled session is read back first (SpillCorruptError where it cannot be)."""
+        self._restore(session_id)
         expired = None
         with self._lock:
             session = self._sessions.get(session_id)
@@ -237,6 +230,8 @@ class SessionManager:
             self._touch(session, now)
             view = self._view(session)
         try:
+            if session.spilled:  # pinned now: read back before the request sees it
+                self._restore(session_id)
             yield view
         finally:
             with self._lock:
@@ -375,6 +370,9 @@ class SessionManager:
     def _detach(self, session: SessionRecord, reason: str) -> Removed:
         """Remove from the tables (under the lock); hooks run later, outside it."""
         del self._sessions[session.sid]
+        if self.spill_store is not None:
+            for ref in dict.fromkeys(session.spilled.values()):
+                self.spill_store.discard(ref)
         self._top.left(session)
         self._buckets[_bucket(session.host)] -= 1
         self._total_host -= session.host

@@ -168,13 +168,14 @@ class SpillStore:
         Any mismatch, truncation or read error raises SpillCorruptError."""
         path = os.path.join(self.own, ref.name)
         try:
+            target, into = _target(ref)  # the value itself, filled in place
             with open(path, "rb", buffering=0) as f:
-                out = self._read(f, ref)
+                self._read(f, ref, into)
                 os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         except OSError as exc:
             raise SpillCorruptError(f"cannot read the spilled buffer: {exc.strerror}") from None
         self.discard(ref)
-        return _rebuild(out, ref)
+        return bytes(target) if ref.kind == "bytes" else target
 
     def discard(self, ref: SpillRef) -> None:
         """Remove ``ref``'s file (expiry, deletion, or after a restore)."""
@@ -225,7 +226,7 @@ class SpillStore:
         for index, start in enumerate(range(0, ref.nbytes, CHUNK_BYTES)):
             _write_all(fd, self._seal(nonce, index, view[start : start + CHUNK_BYTES], header))
 
-    def _read(self, f: Any, ref: SpillRef) -> bytearray:
+    def _read(self, f: Any, ref: SpillRef, out: memoryview) -> None:
         head = f.read(_HEAD.size)
         if len(head) != _HEAD.size:
             raise SpillCorruptError("truncated header")
@@ -237,7 +238,6 @@ class SpillStore:
         header = head + f.read(meta_len)
         if header != self._header(ref, nonce):
             raise SpillCorruptError("the header does not describe this buffer")
-        out = bytearray(nbytes)
         for index, start in enumerate(range(0, nbytes, chunk)):
             size = min(chunk, nbytes - start)
             sealed = f.read(size + TAG_BYTES)
@@ -246,7 +246,6 @@ class SpillStore:
             out[start : start + size] = self._open(nonce, index, sealed, header)
         if f.read(1):
             raise SpillCorruptError("trailing data")
-        return out
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
@@ -268,11 +267,14 @@ def _describe(value: Any) -> tuple[memoryview, SpillRef]:
     raise TypeError(f"cannot spill a {type(value).__name__}")
 
 
-def _rebuild(data: bytearray, ref: SpillRef) -> Any:
-    if ref.kind == "bytes":
-        return bytes(data)
-    if ref.kind == "bytearray":
-        return data
+def _target(ref: SpillRef) -> tuple[Any, memoryview]:
+    """A new value of ``ref``'s kind and size, and its bytes to read into: an ndarray owns
+    its memory (as the spilled one did), so it may be spilled again."""
+    if ref.kind != "ndarray":
+        buffer = bytearray(ref.nbytes)
+        return buffer, memoryview(buffer)
     import numpy as np  # noqa: PLC0415 -- only an ndarray was spilled, so numpy is there
 
-    return np.frombuffer(data, dtype=np.dtype(ref.dtype)).reshape(ref.shape)
+    array = np.empty(ref.shape, dtype=np.dtype(ref.dtype))
+    flat: memoryview = array.data.cast("B") if array.nbytes else memoryview(bytearray())
+    return array, flat

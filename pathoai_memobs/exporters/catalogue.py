@@ -53,7 +53,7 @@ class Metric:
 
 #: Label values known before they are seen: exported at 0 from the start by both exporters.
 GC_REASONS: Final = ("manual", "proactive", "emergency")
-REMOVAL_REASONS: Final = ("timeout", "explicit", "emergency", "idle", "budget")
+REMOVAL_REASONS: Final = ("timeout", "explicit", "emergency", "idle", "budget", "spill_corrupt")
 ERROR_PLACES: Final = ("sample", "action", "wakeups", "emergency_step", "emergency_run", "scrape")
 
 
@@ -81,7 +81,7 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
     # sessions
     Metric("pathoai_sessions_active", "gauge", "", (), "Live sessions.", "sum", otel=(OTel("pathoai.session.active", "{session}", "updown"),)),
     Metric("pathoai_sessions_created_total", "counter", "", (), "Sessions created.", "sum", otel=(OTel("pathoai.session.created", "{session}", "counter"),)),
-    Metric("pathoai_sessions_removed_total", "counter", "", ("reason",), "Sessions removed, by reason: timeout, explicit, emergency, idle (freed to admit a request), budget (freed so new work fits the session budget).", "sum", otel=(OTel("pathoai.session.removed", "{session}", "counter", ("pathoai.session.removal_reason",)),)),
+    Metric("pathoai_sessions_removed_total", "counter", "", ("reason",), "Sessions removed, by reason: timeout, explicit, emergency, idle (freed to admit a request), budget (freed so new work fits the session budget), spill_corrupt (its spilled buffers could not be read back intact).", "sum", otel=(OTel("pathoai.session.removed", "{session}", "counter", ("pathoai.session.removal_reason",)),)),
     Metric("pathoai_sessions_budget_bytes", "gauge", "bytes", (), "Bytes all sessions of the container may hold so that the largest marked request still fits above the floor (limit - floor - largest request - the rest of the processes); absent while no largest request is declared.", "min", otel=(OTel("pathoai.session.budget", "By", "gauge"),)),
     Metric("pathoai_session_memory_bytes", "gaugehistogram", "bytes", (), "Distribution of the live sessions' accounted host memory (gauge histogram; _gsum is the total).", "sum", otel=(OTel("pathoai.session.memory", "By", "updown"),)),
     Metric("pathoai_session_device_memory_bytes", "gauge", "bytes", (), "Accounted device (GPU) memory of all live sessions.", "sum"),

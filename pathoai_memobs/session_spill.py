@@ -1,0 +1,200 @@
+"""Spilling an idle session's large buffers to a SpillStore, and bringing them back.
+
+What goes: top-level values that are large buffers (bytes, bytearray, C-contiguous numpy
+arrays that own their memory, at least ``min_bytes``). One file per object, so two keys
+holding the same array share one file and get one array back. Views and small values stay
+in memory. A spilled key holds a ``Spilled`` placeholder, which accounting charges as the
+small object it is, so the session's bytes fall by what went to disk.
+
+The I/O runs outside the manager's lock (``SessionManager.spill_idle``): the plan is taken
+under it, written without it, and committed only if the session was not changed or pinned
+meanwhile, otherwise the files are discarded and the session keeps its memory.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from .exceptions import SpillCorruptError, SpillRefusedError
+from .session_accounting import SessionRecord, apply, eviction_order, recount
+from .sizeof import measure
+from .spill_store import SpillRef, SpillStore
+
+if TYPE_CHECKING:
+    from .session_hooks import RemovalHooks, Removed
+
+
+class Spilled:
+    """What a spilled key holds until its session is restored (never the data)."""
+
+    __slots__ = ("ref",)
+
+    def __init__(self, ref: SpillRef) -> None:
+        self.ref = ref
+
+    def __repr__(self) -> str:
+        return f"<spilled {self.ref.kind} of {self.ref.nbytes} bytes>"
+
+
+def spillable(value: Any, min_bytes: int) -> bool:
+    """Whether ``value`` is a buffer worth a file of its own."""
+    if isinstance(value, (bytes, bytearray)):
+        return len(value) >= min_bytes
+    flags = getattr(value, "flags", None)
+    nbytes = getattr(value, "nbytes", 0)
+    dtype = getattr(value, "dtype", None)
+    if flags is None or dtype is None or not isinstance(nbytes, int) or nbytes < min_bytes:
+        return False
+    owns = getattr(value, "base", None) is None  # a view shares another buffer: it stays
+    return bool(owns and flags["C_CONTIGUOUS"] and not dtype.hasobject)
+
+
+def spill_plan(data: Mapping[str, Any], min_bytes: int) -> list[tuple[tuple[str, ...], Any]]:
+    """The objects to write, once each, with every key that holds it; largest first."""
+    groups: dict[int, tuple[list[str], Any]] = {}
+    viewed = {id(_root(v)) for v in data.values() if getattr(v, "base", None) is not None}
+    for key, value in data.items():
+        if id(value) in viewed:
+            continue  # a view of it stays in memory, and keeps it there: nothing to free
+        if not isinstance(value, Spilled) and spillable(value, min_bytes):
+            groups.setdefault(id(value), ([], value))[0].append(key)
+    plan = [(tuple(keys), value) for keys, value in groups.values()]
+    return sorted(plan, key=lambda kv: -_size(kv[1]))
+
+
+def write(store: SpillStore, plan: list[tuple[tuple[str, ...], Any]]) -> dict[str, SpillRef]:
+    """Write ``plan``; each key's ref. Where one write is refused, what was written is
+    discarded and the refusal raised: a session goes to disk whole or not at all."""
+    done: list[SpillRef] = []
+    refs: dict[str, SpillRef] = {}
+    try:
+        for keys, value in plan:
+            ref = store.spill(value)
+            done.append(ref)
+            refs.update(dict.fromkeys(keys, ref))
+    except SpillRefusedError:
+        for ref in done:
+            store.discard(ref)
+        raise
+    return refs
+
+
+def read_back(store: SpillStore, spilled: Mapping[str, SpillRef]) -> dict[str, Any]:
+    """Every spilled key's value, each file read once (shared objects shared again);
+    SpillCorruptError where a file is not intact."""
+    by_file: dict[str, Any] = {}
+    for ref in dict.fromkeys(spilled.values()):
+        by_file[ref.name] = store.restore(ref)
+    return {key: by_file[ref.name] for key, ref in spilled.items()}
+
+
+def _root(value: Any) -> Any:
+    """The buffer a chain of views ends in."""
+    while getattr(value, "base", None) is not None:
+        value = value.base
+    return value
+
+
+def _size(value: Any) -> int:
+    return len(value) if isinstance(value, (bytes, bytearray)) else int(value.nbytes)
+
+
+class SpillingSessions:
+    """The spill half of ``SessionManager`` (mixed into it): what it needs of the manager
+    is declared here; the manager's lock guards every table change."""
+
+    _lock: threading.RLock
+    _sessions: dict[str, SessionRecord]
+    _clock: Callable[[], float]
+    _hooks: RemovalHooks
+    _restoring: threading.Lock
+    spill_store: SpillStore | None
+    spill_min_bytes: int
+    spill_idle_s: float
+    spill_refusals: collections.Counter[str]
+
+    def _resize(self, session: SessionRecord, host: int, device: int) -> None:
+        raise NotImplementedError
+
+    def _detach(self, session: SessionRecord, reason: str) -> Removed:
+        raise NotImplementedError
+
+    def spill_idle(self, bytes_needed: int, *, min_idle_s: float | None = None) -> int:
+        """Write the large buffers of unpinned sessions idle ``min_idle_s`` or more (default
+        ``spill_idle_s``), least recently used first, to the spill store until ``bytes_needed``
+        are freed; the host bytes freed. 0 while spilling is off; a refusal is counted by
+        cause and ends the round (the caller goes on to evict). I/O runs outside the lock."""
+        store = self.spill_store
+        if store is None or bytes_needed <= 0:
+            return 0
+        idle = self.spill_idle_s if min_idle_s is None else min_idle_s
+        with self._lock:
+            chosen = eviction_order(self._sessions.values(), bytes_needed, now=self._clock(),
+                                    min_idle_s=idle)  # fmt: skip
+            plans = [(s, s.version, spill_plan(s.data, self.spill_min_bytes)) for s in chosen]
+        freed = 0
+        for session, version, plan in plans:
+            if freed >= bytes_needed:
+                break
+            if not plan:
+                continue
+            try:
+                refs = write(store, plan)
+            except SpillRefusedError as exc:
+                self.spill_refusals[exc.cause] += 1
+                break
+            with self._lock:
+                freed += self._commit_spill(session, version, refs)
+        return freed
+
+    def _commit_spill(self, session: SessionRecord, version: int, refs: dict[str, SpillRef]) -> int:
+        """Swap spilled keys for placeholders (under the lock), unless the session changed or
+        was pinned or removed while its files were written: then they go. Bytes freed."""
+        store = self.spill_store
+        assert store is not None
+        if (
+            self._sessions.get(session.sid) is not session
+            or session.version != version
+            or session.pins
+        ):
+            for ref in dict.fromkeys(refs.values()):
+                store.discard(ref)
+            return 0
+        marks = {key: Spilled(ref) for key, ref in refs.items()}
+        measured = {key: measure(mark) for key, mark in marks.items()}
+        before = session.host
+        host, device = recount(session, measured)
+        apply(session, marks, measured)
+        self._resize(session, host, device)
+        session.spilled.update(refs)
+        return before - host
+
+    def _restore(self, session_id: str) -> None:
+        """Read a spilled session's buffers back, whole, outside the lock. A file that is not
+        intact removes the session (reason "spill_corrupt", hooks run) and raises."""
+        session = self._sessions.get(session_id)
+        if session is None or not session.spilled or self.spill_store is None:
+            return
+        with self._restoring:
+            with self._lock:
+                spilled = dict(session.spilled)
+            if not spilled or self._sessions.get(session_id) is not session:
+                return  # restored, or removed, meanwhile
+            try:
+                values = read_back(self.spill_store, spilled)
+            except SpillCorruptError:
+                with self._lock:
+                    gone = self._sessions.get(session_id) is not session
+                    removed = None if gone else self._detach(session, "spill_corrupt")
+                if removed is not None:
+                    self._hooks.run(removed)
+                raise
+            measured = {key: measure(value) for key, value in values.items()}
+            with self._lock:
+                session.spilled.clear()
+                host, device = recount(session, measured)
+                apply(session, values, measured)
+                self._resize(session, host, device)

@@ -1,0 +1,166 @@
+"""Spilling idle sessions: their large buffers go to disk and come back byte-identical, with
+sharing as before, on get_session, use and update_session; a bad file removes the session
+with reason spill_corrupt; a refusal leaves it in memory; freeing for new work spills
+before it evicts. Real files, a real SessionManager and monitor."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pathoai_memobs import MemoryConfig, MemoryMonitor, SessionManager
+from pathoai_memobs.exceptions import SpillCorruptError
+from pathoai_memobs.session_spill import Spilled, spill_plan
+from pathoai_memobs.spill_store import SpillStore
+
+from .scripted import Scripted
+
+MIB = 1 << 20
+GIB = 1 << 30
+
+
+def manager(tmp_path: Path, **kwargs: Any) -> tuple[SessionManager, list[float]]:
+    now = [100.0]
+    store = SpillStore(str(tmp_path / "spill"), max_bytes=kwargs.pop("max_bytes", GIB))
+    sessions = SessionManager(max_memory_gb=1, clock=lambda: now[0], spill=store,
+                              spill_idle_s=10, **kwargs)  # fmt: skip
+    return sessions, now
+
+
+def digest(a: Any) -> str:
+    return hashlib.sha256(memoryview(a).cast("B")).hexdigest()
+
+
+def slide_session(sessions: SessionManager) -> tuple[str, np.ndarray[Any, Any]]:
+    sid = sessions.create_session()
+    slide = np.random.default_rng(7).integers(0, 255, 9 * MIB, dtype=np.uint8)
+    sessions.update_session(sid, slide=slide, same=slide, raw=b"r" * (5 * MIB), name="case-1")
+    return sid, slide
+
+
+def test_an_idle_session_goes_to_disk_and_comes_back_as_it_was(tmp_path: Path) -> None:
+    sessions, now = manager(tmp_path)
+    sid, slide = slide_session(sessions)
+    want = digest(slide)
+    held = sessions.total_bytes
+    now[0] += 11
+    freed = sessions.spill_idle(1)
+    assert 14 * MIB - 4096 < freed <= 14 * MIB + 64  # the slide once, less the markers
+    assert sessions.total_bytes == held - freed
+    assert sessions.spill_store is not None and sessions.spill_store.spilled_bytes == 14 * MIB
+    del slide
+    data = sessions.get_session(sid)
+    assert data is not None
+    back = data.data
+    assert digest(back["slide"]) == want and back["slide"] is back["same"]  # shared again
+    assert back["raw"] == b"r" * (5 * MIB) and back["name"] == "case-1"
+    assert abs(sessions.total_bytes - held) < 4096 and sessions.spill_store.spilled_bytes == 0
+    now[0] += 11
+    assert abs(sessions.spill_idle(1) - freed) < 4096  # it owns its memory: it may go again
+
+
+def test_a_session_is_not_spilled_before_its_idle_age_or_while_pinned(tmp_path: Path) -> None:
+    sessions, now = manager(tmp_path)
+    sid, _ = slide_session(sessions)
+    assert sessions.spill_idle(1) == 0  # just used
+    now[0] += 11
+    with sessions.use(sid):
+        assert sessions.spill_idle(1) == 0  # a request works on it
+
+
+def test_use_and_update_bring_a_spilled_session_back_first(tmp_path: Path) -> None:
+    sessions, now = manager(tmp_path)
+    sid, slide = slide_session(sessions)
+    want = digest(slide)
+    del slide
+    now[0] += 11
+    assert sessions.spill_idle(1) > 0
+    with sessions.use(sid) as data:
+        assert digest(data.data["slide"]) == want
+    now[0] += 11
+    assert sessions.spill_idle(1) > 0
+    sessions.update_session(sid, result=b"done")
+    assert not any(isinstance(v, Spilled) for v in sessions._sessions[sid].data.values())
+
+
+def test_a_view_keeps_its_buffer_in_memory_and_small_values_stay() -> None:
+    base = np.ones(8 * MIB, np.uint8)
+    plan = spill_plan({"base": base, "tile": base[:MIB], "small": np.ones(10)}, 4 * MIB)
+    assert plan == []  # spilling the base would free nothing while the tile holds it
+    own = np.ones(8 * MIB, np.uint8)
+    plan = spill_plan({"a": own, "b": own, "c": b"x" * (4 * MIB)}, 4 * MIB)
+    assert [keys for keys, _ in plan] == [("a", "b"), ("c",)]  # largest first, once each
+
+
+def test_a_damaged_file_removes_the_session_and_never_returns_data(tmp_path: Path) -> None:
+    sessions, now = manager(tmp_path)
+    removed: list[str] = []
+    sessions.on_remove(lambda _sid, _data, reason: removed.append(reason))
+    sid, _ = slide_session(sessions)
+    now[0] += 11
+    sessions.spill_idle(1)
+    assert sessions.spill_store is not None
+    for path in Path(sessions.spill_store.own).iterdir():
+        if not path.name.startswith("."):
+            path.write_bytes(path.read_bytes()[:-1] + b"\0")
+    with pytest.raises(SpillCorruptError):
+        sessions.get_session(sid)
+    assert removed == ["spill_corrupt"] and sessions.get_session(sid) is None
+    assert sessions.removed_total("spill_corrupt") == 1
+
+
+def test_a_refused_spill_keeps_the_session_in_memory_and_is_counted(tmp_path: Path) -> None:
+    sessions, now = manager(tmp_path, max_bytes=10 * MIB)  # the session needs 14
+    slide_session(sessions)
+    held = sessions.total_bytes
+    now[0] += 11
+    assert sessions.spill_idle(1) == 0 and sessions.total_bytes == held
+    assert sessions.spill_refusals["budget"] == 1
+    assert sessions.spill_store is not None and sessions.spill_store.spilled_bytes == 0
+    assert not [p for p in Path(sessions.spill_store.own).iterdir() if p.name[0] != "."]
+
+
+def test_deleting_a_spilled_session_removes_its_files(tmp_path: Path) -> None:
+    sessions, now = manager(tmp_path)
+    sid, _ = slide_session(sessions)
+    now[0] += 11
+    sessions.spill_idle(1)
+    assert sessions.delete_session(sid)
+    assert sessions.spill_store is not None and sessions.spill_store.spilled_bytes == 0
+
+
+def test_freeing_for_new_work_spills_before_it_evicts(tmp_path: Path) -> None:
+    """4 GiB, room kept for a 2000 MiB request: sessions may hold 1000 MiB (see
+    test_session_budget.setting); two 400 MiB sessions and new work of 300."""
+    now = [100.0]
+    store = SpillStore(str(tmp_path), max_bytes=2 * GIB, encrypt=False)
+    sessions = SessionManager(max_memory_gb=1, clock=lambda: now[0], spill=store)
+    s = Scripted(3500 * MIB, total=4 * GIB)
+    s.sessions = sessions
+    m = MemoryMonitor(MemoryConfig(), sampler=s, sessions=sessions, emergency_cooldown_s=60)
+    m.gate.budget.keep_room_for(2000 * MIB)
+    sids = []
+    for _ in range(2):
+        sid = sessions.create_session()
+        sessions.update_session(sid, slide=np.ones(400 * MIB, np.uint8))
+        sids.append(sid)
+        now[0] += 10
+    with m.reserve(300, new_work=True):
+        pass
+    assert sessions.removed_total("budget") == 0 and len(sessions) == 2  # nothing lost
+    assert store.spilled_bytes == 400 * MIB
+    data = sessions.get_session(sids[0])
+    assert data is not None and int(data.data["slide"].sum()) == 400 * MIB
+
+
+def test_the_config_turns_spilling_on(tmp_path: Path) -> None:
+    config = MemoryConfig.from_env({"SESSION_SPILL_DIR": str(tmp_path / "s"),
+                                    "SESSION_SPILL_MIN_BUFFER_MB": "8"})  # fmt: skip
+    sessions = SessionManager.from_config(config)
+    assert sessions.spill_store is not None and sessions.spill_min_bytes == 8 * MIB
+    assert sessions.spill_store.encrypted and sessions.spill_idle_s == 30
+    assert SessionManager.from_config(MemoryConfig()).spill_store is None
