@@ -139,9 +139,10 @@ def eviction_order(
     sessions: Iterable[SessionRecord], bytes_needed: int, *, now: float, min_idle_s: float = 0.0
 ) -> list[SessionRecord]:
     """Which sessions to remove to free ``bytes_needed``: unpinned ones idle for at least
-    ``min_idle_s``, least recently used first, until their bytes cover the need."""
+    ``min_idle_s``, least recently used first, until their bytes cover the need. Sessions
+    already on disk are left: removing them would free almost nothing and lose their data."""
     candidates = sorted(
-        (s for s in sessions if s.pins == 0 and now - s.last_mono >= min_idle_s),
+        (s for s in sessions if s.pins == 0 and not s.spilled and now - s.last_mono >= min_idle_s),
         key=lambda s: s.last_mono,
     )
     chosen, freed = [], 0

@@ -85,3 +85,23 @@ def test_cleanup_keeps_up_with_a_process_that_keeps_allocating(
     assert r["stored"] * 64 > 1500  # far more than the cgroup could ever hold at once
     assert r["evicted"] >= 1 and r["runs"] >= 2
     assert r["errors"] == {}
+
+
+@pytest.mark.cgroup
+def test_with_spilling_the_flood_runs_to_its_end_and_loses_no_session(
+    make_cgroup: Callable[[int], MemoryCgroup], tmp_path: Path
+) -> None:
+    """The same flood in 1 GiB, spilling to a disk directory: the emergency writes sessions
+    out instead of evicting them, and at the end every user's slide comes back with the
+    hash it was uploaded with."""
+    group = make_cgroup(1 * GIB)
+    spill = tmp_path / "spill"
+    code, out, err = run(group, "--spill", str(spill), "--patience-s", "5")
+    assert code == 0, err[-2000:]
+    assert group.oom_kills() == 0
+    r = json.loads(out.splitlines()[-1])
+    summary = {k: v for k, v in r.items() if k != "ids"}
+    assert r["completed"] and r["evicted"] == 0 and r["dropped"] == 0, summary
+    assert r["lost"] == 0 and r["identical"] == len(r["ids"]) == 12, summary
+    assert r["spilled_sessions_at_end"] >= 1, summary  # spilling was needed, and did it
+    assert not [p for p in spill.rglob("*") if p.is_file() and p.name != ".owner.lock"]
