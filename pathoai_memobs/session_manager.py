@@ -109,6 +109,7 @@ class SessionManager(SpillingSessions):
             spill_idle_s,
         )
         self.spill_refusals: collections.Counter[str] = collections.Counter()
+        self.spilled_sessions = 0
         self._restoring = threading.Lock()  # one restore at a time: each reads whole files
         after_fork_in_child(self._forked)
 
@@ -371,6 +372,7 @@ class SessionManager(SpillingSessions):
         """Remove from the tables (under the lock); hooks run later, outside it."""
         del self._sessions[session.sid]
         if self.spill_store is not None:
+            self.spilled_sessions -= bool(session.spilled)
             for ref in dict.fromkeys(session.spilled.values()):
                 self.spill_store.discard(ref)
         self._top.left(session)

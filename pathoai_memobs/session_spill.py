@@ -115,6 +115,7 @@ class SpillingSessions:
     spill_min_bytes: int
     spill_idle_s: float
     spill_refusals: collections.Counter[str]
+    spilled_sessions: int  # sessions with buffers on disk now
 
     def _resize(self, session: SessionRecord, host: int, device: int) -> None:
         raise NotImplementedError
@@ -169,6 +170,7 @@ class SpillingSessions:
         host, device = recount(session, measured)
         apply(session, marks, measured)
         self._resize(session, host, device)
+        self.spilled_sessions += not session.spilled
         session.spilled.update(refs)
         return before - host
 
@@ -195,6 +197,7 @@ class SpillingSessions:
             measured = {key: measure(value) for key, value in values.items()}
             with self._lock:
                 session.spilled.clear()
+                self.spilled_sessions -= 1
                 host, device = recount(session, measured)
                 apply(session, values, measured)
                 self._resize(session, host, device)

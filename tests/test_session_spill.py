@@ -164,3 +164,26 @@ def test_the_config_turns_spilling_on(tmp_path: Path) -> None:
     assert sessions.spill_store is not None and sessions.spill_min_bytes == 8 * MIB
     assert sessions.spill_store.encrypted and sessions.spill_idle_s == 30
     assert SessionManager.from_config(MemoryConfig()).spill_store is None
+
+
+def test_what_is_on_disk_and_each_refusal_are_exported(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from pathoai_memobs.exporters.prometheus import instrument
+
+    sessions, now = manager(tmp_path, max_bytes=20 * MIB)
+    registry = CollectorRegistry()
+    instrument(sessions=sessions, registry=registry)
+    value = registry.get_sample_value
+    slide_session(sessions)
+    slide_session(sessions)
+    now[0] += 11
+    sessions.spill_idle(20 * MIB)  # the first fits the 20 MiB budget, the second does not
+    assert value("pathoai_sessions_spilled") == 1
+    assert value("pathoai_session_spilled_bytes") == 14 * MIB
+    assert value("pathoai_session_spill_budget_bytes") == 20 * MIB
+    assert value("pathoai_session_spill_refusals_total", {"cause": "budget"}) == 1
+    assert value("pathoai_session_spill_refusals_total", {"cause": "disk_full"}) == 0
+    for sid in list(sessions._sessions):
+        sessions.delete_session(sid)
+    assert value("pathoai_sessions_spilled") == 0 and value("pathoai_session_spilled_bytes") == 0

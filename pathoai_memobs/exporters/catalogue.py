@@ -53,6 +53,8 @@ class Metric:
 
 #: Label values known before they are seen: exported at 0 from the start by both exporters.
 GC_REASONS: Final = ("manual", "proactive", "emergency")
+#: Why a spill was refused (the session stays in memory), exported from the start.
+SPILL_REFUSAL_CAUSES: Final = ("budget", "disk_full", "memory_fs", "io_error")
 REMOVAL_REASONS: Final = ("timeout", "explicit", "emergency", "idle", "budget", "spill_corrupt")
 ERROR_PLACES: Final = ("sample", "action", "wakeups", "emergency_step", "emergency_run", "scrape")
 
@@ -88,6 +90,10 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
     Metric("pathoai_session_memory_limit_bytes", "gauge", "bytes", (), "Per-session memory limit (MAX_SESSION_MEMORY_GB).", "max", otel=(OTel("pathoai.session.memory.limit", "By", "gauge"),)),
     Metric("pathoai_session_memory_max_bytes", "gauge", "bytes", (), "Accounted memory of the largest live session.", "max", otel=(OTel("pathoai.session.memory.max", "By", "gauge"),)),
     Metric("pathoai_session_top_memory_bytes", "gauge", "bytes", ("session",), "Accounted memory of the largest sessions, by fingerprint (never the id).", "top", otel=(OTel("pathoai.session.top.memory", "By", "gauge", ("pathoai.session.fingerprint",)),)),
+    Metric("pathoai_sessions_spilled", "gauge", "", (), "Sessions whose large buffers are on disk now (SESSION_SPILL_DIR).", "sum", otel=(OTel("pathoai.session.spilled", "{session}", "updown"),)),
+    Metric("pathoai_session_spilled_bytes", "gauge", "bytes", (), "Bytes of session buffers on disk now (not in memory).", "sum", otel=(OTel("pathoai.session.spilled.size", "By", "updown"),)),
+    Metric("pathoai_session_spill_budget_bytes", "gauge", "bytes", (), "Bytes the spill store may hold (SESSION_SPILL_MAX_GB).", "max"),
+    Metric("pathoai_session_spill_refusals_total", "counter", "", ("cause",), "Spills refused, the session kept in memory, by cause: budget, disk_full, memory_fs (tmpfs would free nothing), io_error.", "sum", otel=(OTel("pathoai.session.spill.refusals", "{spill}", "counter", ("pathoai.spill.cause",)),)),
     Metric("pathoai_session_removal_hook_failures_total", "counter", "", (), "Session removal hooks that raised.", "sum"),
     # garbage collection
     Metric("pathoai_gc_duration_seconds", "histogram", "seconds", ("generation",), "Pause of each garbage collection the interpreter ran, by generation (where the compiled timer is built).", "sum", otel=(OTel("pathoai.gc.duration", "s", "histogram", (GEN,)),)),

@@ -37,6 +37,7 @@ from .catalogue import (
     GEN,
     OTEL_ONLY,
     REMOVAL_REASONS,
+    SPILL_REFUSAL_CAUSES,
     OTel,
 )
 
@@ -301,6 +302,13 @@ def _session_values(s: SessionManager) -> dict[str, Values]:
         "pathoai_session_memory_max_bytes": lambda: agg().largest_bytes,
         "pathoai_session_memory_limit_bytes": lambda: s.max_memory_bytes,
         "pathoai_session_top_memory_bytes": lambda: [((fp,), n) for fp, n in agg().top],
+        "pathoai_sessions_spilled": lambda: s.spilled_sessions,
+        "pathoai_session_spilled_bytes": lambda: (
+            0 if s.spill_store is None else s.spill_store.spilled_bytes
+        ),
+        "pathoai_session_spill_refusals_total": lambda: _labelled(
+            s.spill_refusals, SPILL_REFUSAL_CAUSES
+        ),
     }
 
 

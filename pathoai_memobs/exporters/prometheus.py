@@ -31,7 +31,14 @@ from ..gc_pauses import GC_PAUSES, GENERATIONS, PAUSE_BUCKETS, PauseTimer
 from ..logging import MONITOR_ERROR, emit
 from ..pressure import rungs_in_order
 from ..session_manager import SIZE_BUCKETS
-from .catalogue import BY_NAME, ERROR_PLACES, GC_REASONS, REMOVAL_REASONS, family_name
+from .catalogue import (
+    BY_NAME,
+    ERROR_PLACES,
+    GC_REASONS,
+    REMOVAL_REASONS,
+    SPILL_REFUSAL_CAUSES,
+    family_name,
+)
 from .server import DEFAULT_PORT, MetricsServer, start_http_server  # the names stay here too
 
 if TYPE_CHECKING:
@@ -211,6 +218,20 @@ class MemobsCollector(Collector):
                 top.add_metric([fp], nbytes)
             yield top
         yield _counter("pathoai_session_removal_hook_failures_total", agg.hook_failures_total)
+        yield from _spill(s)
+
+
+def _spill(s: SessionManager) -> Iterator[Metric]:
+    """What is on disk, the store's budget (while spilling is on), and refusals by cause."""
+    store = s.spill_store
+    yield _gauge("pathoai_sessions_spilled", s.spilled_sessions)
+    yield _gauge("pathoai_session_spilled_bytes", 0 if store is None else store.spilled_bytes)
+    if store is not None:
+        yield _gauge("pathoai_session_spill_budget_bytes", store.max_bytes)
+    refusals = _counter("pathoai_session_spill_refusals_total")
+    for cause in dict.fromkeys(SPILL_REFUSAL_CAUSES) | dict.fromkeys(s.spill_refusals):
+        refusals.add_metric([cause], s.spill_refusals.get(cause, 0))
+    yield refusals
 
 
 def _emergency(m: MemoryMonitor) -> Iterator[Metric]:
