@@ -252,13 +252,16 @@ class EmergencyCleanup:
         sessions = self._sessions()
         if sessions is None:
             return
-        needed = self.target_bytes - self._available()
-        if needed > 0:
-            sessions.spill_idle(needed, min_idle_s=0.0)
         while True:
             needed = self.target_bytes - self._available()
             if needed <= 0:
                 return
+            spilled = sessions.spill_idle(needed, min_idle_s=0.0)
+            if spilled == 0 and sessions.spill_store is not None:
+                # a session updated while it was written keeps its memory: try it again once
+                spilled = sessions.spill_idle(needed, min_idle_s=0.0)
+            if spilled > 0:
+                continue  # re-measure: what went to disk may be enough
             before = sessions.removed_total("emergency")
             freed = sessions.evict_least_recently_used(needed, reason="emergency")
             evicted = sessions.removed_total("emergency") - before
