@@ -18,6 +18,7 @@ SUITES = {
     "scrape": "bench.bench_scrape",
     "otel": "bench.bench_otel",
     "serving": "bench.bench_serving",
+    "spill": "bench.bench_spill",
 }
 
 

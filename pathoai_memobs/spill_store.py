@@ -6,7 +6,7 @@ pages from the page cache (cached pages are charged to the container, so a spill
 them would free nothing); only then may the caller let go of the buffer. The data goes in
 chunks (bounded memory however large the buffer), each sealed with AES-GCM under a key that
 exists only in this process's memory, so files a crashed process left are unreadable; with
-encryption off each chunk carries a BLAKE2b digest. A restore checks every chunk and raises
+encryption off each chunk carries a CRC-32. A restore checks every chunk and raises
 SpillCorruptError rather than return wrong data.
 
 Each process holds a lock on its own directory for its life; opening a store removes the
@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import secrets
 import struct
 import threading
+import zlib
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -34,7 +34,8 @@ MAGIC: Final = b"PATHOSPL"
 VERSION: Final = 1
 _HEAD: Final = struct.Struct("<8sIIQI8sI")  # magic, version, flags, nbytes, chunk, nonce, meta
 _ENCRYPTED: Final = 1
-TAG_BYTES: Final = 16
+TAG_BYTES: Final = 16  # GCM's tag
+CRC: Final = struct.Struct("<I")  # without encryption: CRC-32 of the chunk
 CHUNK_BYTES: Final = 4 << 20
 LOCK_NAME: Final = ".owner.lock"
 
@@ -202,15 +203,14 @@ class SpillStore:
         return _HEAD.pack(MAGIC, VERSION, flags, ref.nbytes, CHUNK_BYTES, nonce, len(meta)) + meta
 
     def _seal(self, nonce: bytes, index: int, chunk: memoryview, header: bytes) -> bytes:
-        if self._cipher is None:
-            return bytes(chunk) + hashlib.blake2b(chunk, digest_size=TAG_BYTES).digest()
+        assert self._cipher is not None
         sealed: bytes = self._cipher.encrypt(nonce + struct.pack("<I", index), chunk, header)
         return sealed
 
     def _open(self, nonce: bytes, index: int, sealed: bytes, header: bytes) -> bytes:
         if self._cipher is None:
-            data, tag = sealed[:-TAG_BYTES], sealed[-TAG_BYTES:]
-            if hashlib.blake2b(data, digest_size=TAG_BYTES).digest() != tag:
+            data, (crc,) = sealed[: -CRC.size], CRC.unpack(sealed[-CRC.size :])
+            if zlib.crc32(data) != crc:
                 raise SpillCorruptError(f"chunk {index} does not match its checksum")
             return data
         try:
@@ -224,7 +224,12 @@ class SpillStore:
         header = self._header(ref, nonce)
         _write_all(fd, header)
         for index, start in enumerate(range(0, ref.nbytes, CHUNK_BYTES)):
-            _write_all(fd, self._seal(nonce, index, view[start : start + CHUNK_BYTES], header))
+            chunk = view[start : start + CHUNK_BYTES]
+            if self._cipher is None:  # no copy: the chunk as it is, then its CRC
+                _write_all(fd, chunk)
+                _write_all(fd, CRC.pack(zlib.crc32(chunk)))
+            else:
+                _write_all(fd, self._seal(nonce, index, chunk, header))
 
     def _read(self, f: Any, ref: SpillRef, out: memoryview) -> None:
         head = f.read(_HEAD.size)
@@ -238,10 +243,11 @@ class SpillStore:
         header = head + f.read(meta_len)
         if header != self._header(ref, nonce):
             raise SpillCorruptError("the header does not describe this buffer")
+        tag = TAG_BYTES if self.encrypted else CRC.size
         for index, start in enumerate(range(0, nbytes, chunk)):
             size = min(chunk, nbytes - start)
-            sealed = f.read(size + TAG_BYTES)
-            if len(sealed) != size + TAG_BYTES:
+            sealed = f.read(size + tag)
+            if len(sealed) != size + tag:
                 raise SpillCorruptError(f"truncated at chunk {index}")
             out[start : start + size] = self._open(nonce, index, sealed, header)
         if f.read(1):
