@@ -25,10 +25,7 @@ from types import MappingProxyType
 from typing import Any, Final, Literal
 
 from .config import MemoryConfig
-from .exceptions import (
-    SessionMemoryLimitError,
-    SessionNotFoundError,
-)
+from .exceptions import SessionMemoryLimitError, SessionNotFoundError
 from .exporters.catalogue import REMOVAL_REASONS
 from .forksafe import after_fork_in_child
 from .session_accounting import (
@@ -103,11 +100,9 @@ class SessionManager(SpillingSessions):
             self.cleanup_inactive_sessions, name="pathoai-session-sweeper", where="session_sweep"
         )
         self._top = TopSessions(top_k, self._sessions)
-        self.spill_store, self.spill_min_bytes, self.spill_idle_s = (
-            spill,
-            spill_min_bytes,
-            spill_idle_s,
-        )
+        self.spill_store = spill
+        self.spill_min_bytes = spill_min_bytes
+        self.spill_idle_s = spill_idle_s
         self.spill_refusals: collections.Counter[str] = collections.Counter()
         self.spilled_sessions = 0
         self._restoring = threading.Lock()  # one restore at a time: each reads whole files

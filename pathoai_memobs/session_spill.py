@@ -140,20 +140,40 @@ class SpillingSessions:
         for session, version, plan in plans:
             if freed >= bytes_needed:
                 break
-            if not plan:
-                continue
             try:
-                refs = write(store, plan)
+                freed += self._spill_one(store, session, version, plan)
             except SpillRefusedError as exc:
-                self.spill_refusals[exc.cause] += 1
+                with self._lock:
+                    self.spill_refusals[exc.cause] += 1
                 break
-            with self._lock:
-                freed += self._commit_spill(session, version, refs)
         return freed
 
-    def _commit_spill(self, session: SessionRecord, version: int, refs: dict[str, SpillRef]) -> int:
+    def _spill_one(
+        self, store: SpillStore, session: SessionRecord, version: int,
+        plan: list[tuple[tuple[str, ...], Any]],
+    ) -> int:  # fmt: skip
+        """Write one session's plan and commit it; the bytes freed. A session updated while
+        it was written (still there, unpinned) is planned and written once more, rather
+        than left for eviction to take."""
+        for _ in range(2):
+            if not plan:
+                return 0
+            refs = write(store, plan)
+            with self._lock:
+                committed = self._commit_spill(session, version, refs)
+                if committed is not None:
+                    return committed
+                if self._sessions.get(session.sid) is not session or session.pins:
+                    return 0
+                version, plan = session.version, spill_plan(session.data, self.spill_min_bytes)
+        return 0
+
+    def _commit_spill(
+        self, session: SessionRecord, version: int, refs: dict[str, SpillRef]
+    ) -> int | None:
         """Swap spilled keys for placeholders (under the lock), unless the session changed or
-        was pinned or removed while its files were written: then they go. Bytes freed."""
+        was pinned or removed while its files were written: then they go (None). Bytes
+        freed."""
         store = self.spill_store
         assert store is not None
         if (
@@ -163,7 +183,7 @@ class SpillingSessions:
         ):
             for ref in dict.fromkeys(refs.values()):
                 store.discard(ref)
-            return 0
+            return None
         marks = {key: Spilled(ref) for key, ref in refs.items()}
         measured = {key: measure(mark) for key, mark in marks.items()}
         before = session.host

@@ -187,3 +187,27 @@ def test_what_is_on_disk_and_each_refusal_are_exported(tmp_path: Path) -> None:
     for sid in list(sessions._sessions):
         sessions.delete_session(sid)
     assert value("pathoai_sessions_spilled") == 0 and value("pathoai_session_spilled_bytes") == 0
+
+
+def test_a_session_updated_while_it_is_written_is_written_again(tmp_path: Path) -> None:
+    """Not left for eviction: the first files go, the session is planned and written anew."""
+    now = [100.0]
+    updates: list[str] = []
+
+    class Racing(SpillStore):
+        def spill(self, value: Any) -> Any:
+            ref = super().spill(value)
+            if not updates:  # a request updates the session while its buffer is on its way
+                updates.append("result")
+                sessions.update_session(sid, result=b"r")
+            return ref
+
+    store = Racing(str(tmp_path), max_bytes=GIB)
+    sessions = SessionManager(max_memory_gb=1, clock=lambda: now[0], spill=store, spill_idle_s=1)
+    sid = sessions.create_session()
+    sessions.update_session(sid, slide=np.ones(8 * MIB, np.uint8))
+    now[0] += 2
+    assert sessions.spill_idle(1) > 7 * MIB and updates == ["result"]
+    assert store.spilled_bytes == 8 * MIB  # the first write discarded, the second kept
+    data = sessions.get_session(sid)
+    assert data is not None and data.data["result"] == b"r" and data.data["slide"].sum() == 8 * MIB
