@@ -186,11 +186,7 @@ class AdmissionGate:
         sessions = self._sessions()
         if sessions is None or not self.budget.active:
             return True
-        floor = self._floor(reading.total_bytes)
-        ledger = self._admission.ledger  # every worker's sessions and reservations
-        with ledger.transaction():
-            held, reserved = ledger.sessions(sessions.total_bytes), ledger.total()
-        budget = self.budget.bytes(reading, floor, held, reserved)
+        held, reserved, budget = self._budget(sessions, reading)
         need = over_budget(held + reserved, required, budget)  # in flight may become sessions
         if need == 0:
             return True
@@ -208,10 +204,16 @@ class AdmissionGate:
         sessions, reading = self._sessions(), self._last()
         if sessions is None or reading is None or not self.budget.active:
             return None
+        return self._budget(sessions, reading)[2]
+
+    def _budget(self, sessions: SessionManager, reading: Reading) -> tuple[int, int, int]:
+        """Every worker's session bytes and reservations (from the ledger), and the budget
+        they make at ``reading``."""
         ledger = self._admission.ledger
         with ledger.transaction():
             held, reserved = ledger.sessions(sessions.total_bytes), ledger.total()
-        return self.budget.bytes(reading, self._floor(reading.total_bytes), held, reserved)
+        floor = self._floor(reading.total_bytes)
+        return held, reserved, self.budget.bytes(reading, floor, held, reserved)
 
     def _first(self, ticket: int) -> bool:
         return self._admission.position(ticket) == 0
