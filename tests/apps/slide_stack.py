@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pathoai_memobs.tools import stack
-from tests.promstack import Webhook, alertmanager_config, free_port
+from tests.promstack import Prometheus, Webhook, alertmanager_config, free_port
 
 from .slide_load import GIB, run_load
 
@@ -57,7 +57,7 @@ def run_with_stack(
     the matching critical fires), whether the stale alert was ever pending, and the used
     ratio's range."""
     webhook = Webhook()
-    metrics, prom_port, am_port = free_port(), free_port(), free_port()
+    metrics, am_port = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="pathoai-slide-stack-") as tmp:
         work = Path(tmp)
         am_config = alertmanager_config(work / "am.yml", webhook.url, fast=scale < 1)
@@ -65,25 +65,24 @@ def run_with_stack(
         prom = None
         try:
             rules = [scaled_rules(work / "rules.yml", scale)]
-            prom = stack.prometheus(work / "prom", [f"127.0.0.1:{metrics}"], port=prom_port,
-                                    rule_files=rules, alertmanager=f"127.0.0.1:{am_port}",
-                                    interval=scrape)  # fmt: skip
+            prom = Prometheus(work / "prom", [f"127.0.0.1:{metrics}"], rules,
+                              alertmanager=f"127.0.0.1:{am_port}", interval=scrape)  # fmt: skip
             started = time.time()
             report = run_load("library", seconds=seconds, limit_bytes=2 * GIB, slide_mb=slide_mb,
                               env={**(env or {}), "SLIDE_METRICS_PORT": str(metrics)})  # fmt: skip
             time.sleep(2 * _seconds(scrape))  # the last notifications on their way
             window = f"{int(time.time() - started) + 1}s"
-            report["used_ratio_max"] = _query(
-                prom.url, f"max_over_time(pathoai_memory_used_ratio[{window}])"
+            report["used_ratio_max"] = prom.value(
+                f"max_over_time(pathoai_memory_used_ratio[{window}])"
             )
-            report["used_ratio_min"] = _query(
-                prom.url, f"min_over_time(pathoai_memory_used_ratio[{window}])"
+            report["used_ratio_min"] = prom.value(
+                f"min_over_time(pathoai_memory_used_ratio[{window}])"
             )
-            stale = _query(prom.url, f'count_over_time(ALERTS{{alertname="{STALE}"}}[{window}])')
+            stale = prom.value(f'count_over_time(ALERTS{{alertname="{STALE}"}}[{window}])')
             report["stale_pending_or_firing"] = bool(stale)
             report["fired_in_prometheus"] = {  # notified or not (a critical inhibits a warning)
-                name: bool(_query(prom.url, f'count_over_time(ALERTS{{alertname="{name}",'
-                                  f'alertstate="firing"}}[{window}])'))
+                name: bool(prom.value(f'count_over_time(ALERTS{{alertname="{name}",'
+                                      f'alertstate="firing"}}[{window}])'))
                 for name in (*ALERTS, STALE)
             }  # fmt: skip
         finally:
@@ -97,17 +96,6 @@ def run_with_stack(
     }
     report["receivers"] = sorted({(a, r) for _, r, a, s in webhook.events if s == "firing"})
     return report
-
-
-def _query(url: str, promql: str) -> float | None:
-    import json
-    import urllib.parse
-    import urllib.request
-
-    with urllib.request.urlopen(url + "/api/v1/query?" + urllib.parse.urlencode({"query": promql}),
-                                timeout=10) as r:  # fmt: skip
-        result = json.loads(r.read())["data"]["result"]
-    return float(result[0]["value"][1]) if result else None
 
 
 if __name__ == "__main__":  # python -m tests.apps.slide_stack SECONDS [SCALE]
