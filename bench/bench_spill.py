@@ -73,6 +73,7 @@ def _pair(store: SpillStore, where: str, array: np.ndarray[Any, Any]) -> dict[st
         times["write"].append(_timed(lambda: _bare_write(bare, data)))
         assert ref is not None
         times["restore"].append(_timed(lambda r=ref: store.restore(r)))
+        store.drain()  # its file is unlinked in the background: not while the bare side runs
         times["read"].append(_timed(lambda: _bare_read(bare, into)))
         os.unlink(bare)
     return {k: statistics.median(v) for k, v in times.items()}

@@ -16,6 +16,7 @@ The decision whether to spill at all is ``refusal``, a pure function.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import json
@@ -24,6 +25,7 @@ import secrets
 import struct
 import threading
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -94,7 +96,15 @@ class SpillStore:
         self.fstype = filesystem_of(directory, read_mounts(root))
         self._cipher = aead(aead.generate_key(bit_length=256)) if aead is not None else None
         self._lock = threading.Lock()
-        self.spilled_bytes = 0
+        self._changed = threading.Condition(self._lock)
+        self._doomed: collections.deque[SpillRef] = collections.deque()  # files to unlink
+        self._unlinking = 0
+        self._reaper: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0
+        self._live: dict[str, int] = {}  # file name -> bytes, for buffers spilled and not back
+        self.spilled_bytes = 0  # the buffers' bytes on disk now (what the session lacks)
+        self.disk_bytes = 0  # those and the files still being removed: what the budget counts
         self.swept = self.sweep()
         self.own = os.path.join(directory, f"p{secrets.token_hex(8)}")
         os.mkdir(self.own, 0o700)
@@ -135,7 +145,7 @@ class SpillStore:
     def check(self, nbytes: int) -> None:
         """Raise SpillRefusedError where ``nbytes`` may not be spilled now."""
         st = os.statvfs(self.directory)
-        cause = refusal(nbytes, self.spilled_bytes, self.max_bytes, st.f_bavail * st.f_frsize,
+        cause = refusal(nbytes, self.disk_bytes, self.max_bytes, st.f_bavail * st.f_frsize,
                         st.f_blocks * st.f_frsize, self.min_free_ratio, self.fstype)  # fmt: skip
         if cause is not None:
             raise SpillRefusedError(cause)
@@ -161,7 +171,9 @@ class SpillStore:
                 os.unlink(tmp)
             raise SpillRefusedError("io_error", exc.strerror or str(exc)) from None
         with self._lock:
+            self._live[name] = ref.nbytes
             self.spilled_bytes += ref.nbytes
+            self.disk_bytes += ref.nbytes
         return SpillRef(name, ref.nbytes, ref.kind, ref.dtype, ref.shape)
 
     def restore(self, ref: SpillRef) -> Any:
@@ -179,21 +191,59 @@ class SpillStore:
         return bytes(target) if ref.kind == "bytes" else target
 
     def discard(self, ref: SpillRef) -> None:
-        """Remove ``ref``'s file (expiry, deletion, or after a restore)."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self.own, ref.name))
+        """Remove ``ref``'s file (expiry, deletion, or after a restore) in the background:
+        unlinking a large file takes tens of milliseconds that no request should wait for.
+        Its bytes leave ``spilled_bytes`` now and ``disk_bytes`` (the budget's count) once
+        the file is gone; ``drain`` waits for that. A second discard does nothing."""
+        with self._lock:
+            if self._live.pop(ref.name, None) is None:
+                return  # discarded already
+            self.spilled_bytes -= ref.nbytes
+            self._doomed.append(ref)
+            if self._reaper is None or not self._reaper.is_alive():  # first, or after fork
+                self._reaper = threading.Thread(target=self._reap, name="pathoai-spill-reaper",
+                                                daemon=True)  # fmt: skip
+                self._reaper.start()
+            self._changed.notify_all()
+
+    def _io(self) -> ThreadPoolExecutor:
+        """The thread that writes a spill's chunks and reads a restore's next chunk while
+        this one is sealed or checked (made on first use, and again in a forked child)."""
+        if self._pool is None or self._pool_pid != os.getpid():
+            self._pool, self._pool_pid = ThreadPoolExecutor(1, "pathoai-spill-io"), os.getpid()
+        return self._pool
+
+    def drain(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every discarded file is removed; False on timeout."""
+        with self._lock:
+            return self._changed.wait_for(lambda: not self._doomed and not self._unlinking,
+                                          timeout_s)  # fmt: skip
+
+    def _reap(self) -> None:
+        while True:
             with self._lock:
-                self.spilled_bytes -= ref.nbytes
+                self._changed.wait_for(lambda: bool(self._doomed))
+                ref = self._doomed.popleft()
+                self._unlinking += 1
+            with contextlib.suppress(OSError):  # or left for the next start's sweep
+                os.unlink(os.path.join(self.own, ref.name))
+            with self._lock:
+                self.disk_bytes -= ref.nbytes
+                self._unlinking -= 1
+                self._changed.notify_all()
 
     def close(self) -> None:
         """Remove every file of this process and its directory."""
+        self.drain()
         for name in os.listdir(self.own):
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(self.own, name))
         os.close(self._owner)
         with contextlib.suppress(OSError):
             os.rmdir(self.own)
-        self.spilled_bytes = 0
+        with self._lock:
+            self._live.clear()
+            self.spilled_bytes = self.disk_bytes = 0
 
     # -- the format --------------------------------------------------------------------------
 
@@ -202,56 +252,110 @@ class SpillStore:
         flags = _ENCRYPTED if self.encrypted else 0
         return _HEAD.pack(MAGIC, VERSION, flags, ref.nbytes, CHUNK_BYTES, nonce, len(meta)) + meta
 
-    def _seal(self, nonce: bytes, index: int, chunk: memoryview, header: bytes) -> bytes:
-        assert self._cipher is not None
-        sealed: bytes = self._cipher.encrypt(nonce + struct.pack("<I", index), chunk, header)
-        return sealed
-
-    def _open(self, nonce: bytes, index: int, sealed: bytes, header: bytes) -> bytes:
-        if self._cipher is None:
-            data, (crc,) = sealed[: -CRC.size], CRC.unpack(sealed[-CRC.size :])
-            if zlib.crc32(data) != crc:
+    def _check(self, nonce: bytes, index: int, sealed: memoryview, out: memoryview,
+               header: bytes) -> None:  # fmt: skip
+        """Open one ``sealed`` chunk into ``out`` (decrypted, or checked against its CRC-32,
+        in place); SpillCorruptError where it is not what was written."""
+        if self._cipher is None:  # ``sealed`` is the CRC alone
+            (crc,) = CRC.unpack(sealed)
+            if zlib.crc32(out) != crc:
                 raise SpillCorruptError(f"chunk {index} does not match its checksum")
-            return data
+            return
         try:
-            opened: bytes = self._cipher.decrypt(nonce + struct.pack("<I", index), sealed, header)
+            self._cipher.decrypt_into(nonce + struct.pack("<I", index), sealed, header, out)
         except Exception:  # cryptography's InvalidTag: altered, truncated or another key
             raise SpillCorruptError(f"chunk {index} failed authentication") from None
-        return opened
 
     def _write(self, fd: int, view: memoryview, ref: SpillRef) -> None:
+        """Write the header, then each chunk sealed (or with its CRC-32); chunk i is written
+        by the I/O thread (without the GIL) while chunk i+1 is sealed here."""
         nonce = secrets.token_bytes(8)
         header = self._header(ref, nonce)
         _write_all(fd, header)
-        for index, start in enumerate(range(0, ref.nbytes, CHUNK_BYTES)):
-            chunk = view[start : start + CHUNK_BYTES]
-            if self._cipher is None:  # no copy: the chunk as it is, then its CRC
-                _write_all(fd, chunk)
-                _write_all(fd, CRC.pack(zlib.crc32(chunk)))
-            else:
-                _write_all(fd, self._seal(nonce, index, chunk, header))
+        scratch = [memoryview(bytearray(CHUNK_BYTES + TAG_BYTES)) for _ in range(2)]
+        crcs = [bytearray(CRC.size) for _ in range(2)]
+        writing: Future[None] | None = None
+        try:
+            for index, start in enumerate(range(0, ref.nbytes, CHUNK_BYTES)):
+                chunk = view[start : start + CHUNK_BYTES]
+                if self._cipher is None:  # no copy: the chunk as it is, then its CRC
+                    CRC.pack_into(crcs[index % 2], 0, zlib.crc32(chunk))
+                    parts: list[bytes | memoryview] = [chunk, memoryview(crcs[index % 2])]
+                else:  # sealed into a reused buffer: no allocation per chunk
+                    out = scratch[index % 2][: len(chunk) + TAG_BYTES]
+                    self._cipher.encrypt_into(nonce + struct.pack("<I", index), chunk, header, out)
+                    parts = [out]
+                if writing is not None:
+                    writing.result()  # the buffer written two chunks ago is free again
+                writing = self._io().submit(_write_parts, fd, parts)
+        finally:
+            if writing is not None:
+                writing.result()
 
     def _read(self, f: Any, ref: SpillRef, out: memoryview) -> None:
+        """Read the file into ``out``: plain chunks straight into place, sealed ones into one
+        reused buffer and decrypted into place; every chunk checked before the next."""
         head = f.read(_HEAD.size)
         if len(head) != _HEAD.size:
             raise SpillCorruptError("truncated header")
         magic, version, flags, nbytes, chunk, nonce, meta_len = _HEAD.unpack(head)
         if magic != MAGIC or version != VERSION or nbytes != ref.nbytes:
             raise SpillCorruptError("not this store's file, or another version")
-        if bool(flags & _ENCRYPTED) != self.encrypted or chunk <= 0:
+        if bool(flags & _ENCRYPTED) != self.encrypted or chunk != CHUNK_BYTES:
             raise SpillCorruptError("written with other settings")
         header = head + f.read(meta_len)
         if header != self._header(ref, nonce):
             raise SpillCorruptError("the header does not describe this buffer")
         tag = TAG_BYTES if self.encrypted else CRC.size
-        for index, start in enumerate(range(0, nbytes, chunk)):
-            size = min(chunk, nbytes - start)
-            sealed = f.read(size + tag)
-            if len(sealed) != size + tag:
+        spans = [(i, start, min(chunk, nbytes - start)) for i, start in
+                 enumerate(range(0, nbytes, chunk))]  # fmt: skip
+        scratch = [memoryview(bytearray(chunk + tag)) for _ in range(2)]  # one read, one checked
+        fd, offset = f.fileno(), len(header)
+
+        def fetch(index: int, start: int, size: int, at: int) -> tuple[memoryview, int]:
+            """Chunk ``index`` from file offset ``at``: its data into place (plain) or into a
+            scratch buffer (sealed); what to check it with, and the bytes read."""
+            place, spare = out[start : start + size], scratch[index % 2]
+            if self.encrypted:
+                return spare[: size + tag], _pread_full(fd, [spare[: size + tag]], at)
+            return spare[:tag], _pread_full(fd, [place, spare[:tag]], at)
+
+        # the next chunk is read (I/O without the GIL) while this one is checked
+        ahead: Future[tuple[memoryview, int]] | None = None
+        for index, start, size in spans:
+            if ahead is None:
+                ahead = self._io().submit(fetch, index, start, size, offset)
+            sealed, got = ahead.result()
+            offset += size + tag
+            ahead = None
+            if index + 1 < len(spans):
+                ahead = self._io().submit(fetch, *spans[index + 1], offset)
+            if got != size + tag:
                 raise SpillCorruptError(f"truncated at chunk {index}")
-            out[start : start + size] = self._open(nonce, index, sealed, header)
+            self._check(nonce, index, sealed, out[start : start + size], header)
+            os.posix_fadvise(fd, 0, offset, os.POSIX_FADV_DONTNEED)  # cached pages are charged
+        f.seek(offset)
         if f.read(1):
             raise SpillCorruptError("trailing data")
+
+
+def _pread_full(fd: int, buffers: list[memoryview], at: int) -> int:
+    """Fill ``buffers`` from file offset ``at`` as far as the file goes (a short read is
+    retried, so only the end of the file stops it); the bytes read."""
+    got = 0
+    for buffer in buffers:
+        filled = 0
+        while filled < len(buffer):
+            n = os.preadv(fd, [buffer[filled:]], at + got)
+            if n <= 0:
+                return got
+            filled, got = filled + n, got + n
+    return got
+
+
+def _write_parts(fd: int, parts: list[bytes | memoryview]) -> None:
+    for part in parts:
+        _write_all(fd, part)
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

@@ -120,7 +120,8 @@ def test_a_refused_spill_keeps_the_session_in_memory_and_is_counted(tmp_path: Pa
     now[0] += 11
     assert sessions.spill_idle(1) == 0 and sessions.total_bytes == held
     assert sessions.spill_refusals["budget"] == 1
-    assert sessions.spill_store is not None and sessions.spill_store.spilled_bytes == 0
+    assert sessions.spill_store is not None and sessions.spill_store.drain()
+    assert sessions.spill_store.spilled_bytes == 0
     assert not [p for p in Path(sessions.spill_store.own).iterdir() if p.name[0] != "."]
 
 
@@ -130,7 +131,8 @@ def test_deleting_a_spilled_session_removes_its_files(tmp_path: Path) -> None:
     now[0] += 11
     sessions.spill_idle(1)
     assert sessions.delete_session(sid)
-    assert sessions.spill_store is not None and sessions.spill_store.spilled_bytes == 0
+    assert sessions.spill_store is not None and sessions.spill_store.drain()
+    assert sessions.spill_store.spilled_bytes == 0
 
 
 def test_freeing_for_new_work_spills_before_it_evicts(tmp_path: Path) -> None:
