@@ -69,7 +69,7 @@ class MemoryMonitor:
         self.config = config = config if config is not None else MemoryConfig()
         self.thresholds = Thresholds.from_config(config)
         self._sampler = sampler if sampler is not None else open_sampler(source, root, LIMIT_TTL_S)
-        self.sessions = sessions
+        self._sessions: SessionManager | None = None
         self._last: Reading | None = None
         self._level, self._last_good_wall, self._samples = Level.NORMAL, 0.0, 0
         self._errors = ErrorCounts()
@@ -113,8 +113,23 @@ class MemoryMonitor:
             idle_free_s=config.session_idle_free_minutes * 60,
             floor=lambda total: self.thresholds.for_total(total).floor_bytes,
         )
+        self.sessions = sessions
         if config.enable_background_monitoring:
             self.start()
+
+    @property
+    def sessions(self) -> SessionManager | None:
+        """The session manager whose sessions cleanup and admission may free; its spilled
+        sessions come back through this monitor's admission (``restore_gate``)."""
+        return self._sessions
+
+    @sessions.setter
+    def sessions(self, sessions: SessionManager | None) -> None:
+        if self._sessions is not None and self._sessions is not sessions:
+            self._sessions.restore_gate = None
+        if sessions is not None:
+            sessions.restore_gate = self._gate
+        self._sessions = sessions
 
     def sample(self) -> Reading:
         """Take a fresh reading (bytes), remember it, and move the level accordingly."""

@@ -36,10 +36,10 @@ from .session_accounting import (
     recount,
 )
 from .session_hooks import RemovalHook, RemovalHooks, Removed
-from .session_spill import SpillingSessions
+from .session_spill import Spilled, SpillingSessions
 from .session_sweeper import Sweeper
 from .session_top import TopSessions
-from .session_view import SessionAggregates, SessionData
+from .session_view import LiveData, SessionAggregates, SessionData
 from .sizeof import Charges, measure
 from .spill_store import SpillStore
 from .units import GIB, MIB, non_negative, positive
@@ -206,8 +206,10 @@ class SessionManager(SpillingSessions):
     # -- beyond the reference ---------------------------------------------------------------
 
     @contextmanager
-    def use(self, session_id: str) -> Iterator[SessionData]:
-        """Pin the session while a request works on it: no cleanup or eviction removes it."""
+    def use(self, session_id: str, *, restore: bool = True) -> Iterator[SessionData]:
+        """Pin the session while a request works on it: no cleanup or eviction removes it.
+        A spilled session is read back on entry, unless ``restore`` is False (an async
+        caller then awaits ``restore_async``, as the ASGI middleware does)."""
         expired = None
         with self._lock:
             session = self._sessions.get(session_id)
@@ -226,7 +228,7 @@ class SessionManager(SpillingSessions):
             self._touch(session, now)
             view = self._view(session)
         try:
-            if session.spilled:  # pinned now: read back before the request sees it
+            if restore and session.spilled:  # pinned now: read back before the request sees it
                 self._restore(session_id)
             yield view
         finally:
@@ -332,11 +334,12 @@ class SessionManager(SpillingSessions):
         session.last_access = self._wall()
 
     def _view(self, session: SessionRecord) -> SessionData:
+        sid = session.sid
         return SessionData(
-            session.sid,
+            sid,
             session.created_at,
             session.last_access,
-            MappingProxyType(session.data),
+            LiveData(session.data, lambda: self._restore(sid), Spilled),
             session.host,
             session.device,
             session.fp,

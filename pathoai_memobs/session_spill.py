@@ -13,9 +13,11 @@ meanwhile, otherwise the files are discarded and the session keeps its memory.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import threading
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import SpillCorruptError, SpillRefusedError
@@ -24,6 +26,7 @@ from .sizeof import measure
 from .spill_store import SpillRef, SpillStore
 
 if TYPE_CHECKING:
+    from .gate import AdmissionGate
     from .session_hooks import RemovalHooks, Removed
 
 
@@ -116,6 +119,11 @@ class SpillingSessions:
     spill_idle_s: float
     spill_refusals: collections.Counter[str]
     spilled_sessions: int  # sessions with buffers on disk now
+    #: Admission for restores (the monitor's gate, set when the monitor gets the manager):
+    #: a restore is a request for the session's spilled bytes, waiting up to
+    #: ``restore_wait_s`` in line, refused with InsufficientMemoryError where it does not fit.
+    restore_gate: AdmissionGate | None = None
+    restore_wait_s: float = 10.0
 
     def _resize(self, session: SessionRecord, host: int, device: int) -> None:
         raise NotImplementedError
@@ -195,11 +203,43 @@ class SpillingSessions:
         return before - host
 
     def _restore(self, session_id: str) -> None:
-        """Read a spilled session's buffers back, whole, outside the lock. A file that is not
-        intact removes the session (reason "spill_corrupt", hooks run) and raises."""
+        """Bring a spilled session back, whole, once admitted for its bytes (see
+        ``restore_gate``); the reading runs outside the manager's lock."""
+        found = self._to_restore(session_id)
+        if found is not None:
+            session, need = found
+            gate = self.restore_gate
+            with gate.hold(need, self.restore_wait_s) if gate is not None else nullcontext():
+                self._read_in(session_id, session)
+
+    async def restore_async(self, session_id: str) -> None:
+        """``_restore`` for an event loop: the admission waits without blocking it and the
+        files are read in a worker thread (disk I/O never stalls the loop). Nothing to do
+        for a session that is not spilled; an async handler awaits this before it reads a
+        session that may be (the admission middleware does it for ``session=``)."""
+        found = self._to_restore(session_id)
+        if found is not None:
+            session, need = found
+            gate = self.restore_gate
+            hold = gate.hold_async(need, self.restore_wait_s) if gate is not None else nullcontext()
+            async with hold:
+                await asyncio.to_thread(self._read_in, session_id, session)
+
+    def _to_restore(self, session_id: str) -> tuple[SessionRecord, int] | None:
+        """The session if it has buffers on disk, and their bytes (what a restore needs)."""
         session = self._sessions.get(session_id)
-        if session is None or not session.spilled or self.spill_store is None:
-            return
+        if session is None or not session.spilled:  # the common case, without the lock
+            return None
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None or not session.spilled or self.spill_store is None:
+                return None
+            return session, sum(ref.nbytes for ref in dict.fromkeys(session.spilled.values()))
+
+    def _read_in(self, session_id: str, session: SessionRecord) -> None:
+        """Read a spilled session's buffers back into it. A file that is not intact removes
+        the session (reason "spill_corrupt", hooks run) and raises."""
+        assert self.spill_store is not None
         with self._restoring:
             with self._lock:
                 spilled = dict(session.spilled)

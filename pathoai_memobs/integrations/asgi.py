@@ -7,8 +7,13 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import AsyncExitStack
 from typing import Any
 
-from ..exceptions import InsufficientMemoryError, MemoryManagementError, SessionNotFoundError
-from .routes import AdmissionMiddlewareBase, Answer, error_answer, not_found, refusal
+from ..exceptions import (
+    InsufficientMemoryError,
+    MemoryManagementError,
+    SessionNotFoundError,
+    SpillCorruptError,
+)
+from .routes import AdmissionMiddlewareBase, Answer, error_answer, refusal
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -35,12 +40,16 @@ class MemoryAdmissionMiddleware(AdmissionMiddlewareBase[ASGIApp]):
             await self.app(scope, receive, send)
             return
         mb = size(scope) if callable(size) else size
-        pin, new_work = self.pin(scope)
+        pin, new_work, sid = self.pin(scope, restore=False)
         async with AsyncExitStack() as held:  # the pin, then the reservation, until sent
             try:
                 held.enter_context(pin)
-            except SessionNotFoundError as exc:  # gone already: no need to wait in line
-                await _answer(send, not_found(exc))
+                if sid is not None and self.monitor.sessions is not None:  # spilled: back
+                    await self.monitor.sessions.restore_async(sid)  # admitted, off the loop
+            except (SessionNotFoundError, InsufficientMemoryError, SpillCorruptError) as exc:
+                answer = error_answer(exc)  # gone, or no room to bring it back yet
+                assert answer is not None
+                await _answer(send, answer)
                 return
             reservation = self.monitor.reserve_async(mb, wait_s=self.wait_s, new_work=new_work)
             try:

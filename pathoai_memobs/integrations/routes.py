@@ -15,7 +15,12 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ..exceptions import InsufficientMemoryError, SessionMemoryLimitError, SessionNotFoundError
+from ..exceptions import (
+    InsufficientMemoryError,
+    SessionMemoryLimitError,
+    SessionNotFoundError,
+    SpillCorruptError,
+)
 from ..logging import ROUTE_NEVER_FITS, WARNING, emit
 from ..units import MIB, non_negative, to_bytes_mb
 
@@ -113,15 +118,18 @@ class AdmissionMiddlewareBase(Generic[AppT]):
             largest = to_bytes_mb(self.routes.largest_fixed_mb(), "the largest route")
             monitor.gate.budget.keep_room_for(largest)
 
-    def pin(self, request: Any) -> tuple[AbstractContextManager[object], bool]:
+    def pin(
+        self, request: Any, *, restore: bool = True
+    ) -> tuple[AbstractContextManager[object], bool, str | None]:
         """Pin the request's session for as long as it waits and runs (nothing when there
-        is none; entering raises SessionNotFoundError when it is gone), and whether the
-        request is new work: for no session, where the app says which it works on."""
+        is none; entering raises SessionNotFoundError when it is gone, and brings a spilled
+        session back unless ``restore`` is False), whether the request is new work (for no
+        session, where the app says which it works on), and the session's id."""
         sid = self.session_of(request) if self.session_of is not None else None
         sessions = self.monitor.sessions
         if not sid or sessions is None:
-            return nullcontext(), self.session_of is not None
-        return sessions.use(sid), False
+            return nullcontext(), self.session_of is not None, None
+        return sessions.use(sid, restore=restore), False, sid
 
 
 def report_routes_that_never_fit(table: RouteTable, monitor: MemoryMonitor) -> list[str]:
@@ -165,11 +173,15 @@ def _json(status: int, doc: dict[str, object], *extra: tuple[str, str]) -> Answe
 def error_answer(exc: BaseException) -> Answer | None:
     """The HTTP answer for a library error raised while handling a request, or None for
     anything else: short of memory 503 with Retry-After, an unknown or expired session 404,
-    a session over its memory limit 413. No body names a session id."""
+    a session over its memory limit 413, a session whose spilled data could not be read
+    back (and was removed) 404. No body names a session id."""
     if isinstance(exc, InsufficientMemoryError):
         return refusal(exc)
     if isinstance(exc, SessionNotFoundError):
         return not_found(exc)
+    if isinstance(exc, SpillCorruptError):
+        return _json(404, {"error": "session_lost", "detail": "the session's data could not "
+                           "be read back from disk intact; it was removed"})  # fmt: skip
     if isinstance(exc, SessionMemoryLimitError):
         return _json(
             413,

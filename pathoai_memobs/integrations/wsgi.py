@@ -8,8 +8,13 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, ExitStack
 from typing import Any
 
-from ..exceptions import InsufficientMemoryError, MemoryManagementError, SessionNotFoundError
-from .routes import REASONS, AdmissionMiddlewareBase, Answer, error_answer, not_found, refusal
+from ..exceptions import (
+    InsufficientMemoryError,
+    MemoryManagementError,
+    SessionNotFoundError,
+    SpillCorruptError,
+)
+from .routes import REASONS, AdmissionMiddlewareBase, Answer, error_answer, refusal
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -49,12 +54,14 @@ class MemoryAdmissionMiddleware(AdmissionMiddlewareBase[WSGIApp]):
         if size is None:
             return self.app(environ, start_response)
         mb = size(environ) if callable(size) else size
-        pin, new_work = self.pin(environ)
+        pin, new_work, _ = self.pin(environ)
         held = ExitStack()  # the pin, then the reservation, until the server closes the body
         try:
-            held.enter_context(pin)
-        except SessionNotFoundError as exc:  # gone already: no need to wait in line for it
-            return _answer(start_response, not_found(exc))
+            held.enter_context(pin)  # a spilled session comes back here, admitted
+        except (SessionNotFoundError, InsufficientMemoryError, SpillCorruptError) as exc:
+            answer = error_answer(exc)  # gone, or no room to bring it back yet
+            assert answer is not None
+            return _answer(start_response, answer)
         try:
             held.enter_context(self.monitor.reserve(mb, wait_s=self.wait_s, new_work=new_work))
         except InsufficientMemoryError as exc:
