@@ -1,24 +1,43 @@
-"""LevelActions: carry out what ``pressure.actions`` decides after each reading of the loop,
-and the event that tells a level change.
+"""LevelActions: carry out what ``pressure.actions`` and ``pressure.ladder_steps`` decide
+after each reading of the loop, and the event that tells a level change.
 
-At CRITICAL and above, a proactive collection at most every ``interval_s`` (logged as
-``proactive_gc``); at EMERGENCY, an emergency cleanup (whose own cooldown rules apply).
-The GC manager is made on first need from the config when none was given.
+The graduated ladder, before anything is lost: at WARNING and above, registered bounded
+caches shrink by their share of the bytes over the rung (at most every ``SHRINK_EVERY_S``;
+``caches_shrunk``); at CRITICAL and above, idle sessions spill to disk in a worker thread,
+one round at a time, never blocking the loop or a request (``sessions_spilled``), and a
+proactive collection runs at most every ``interval_s`` (``proactive_gc``); at EMERGENCY,
+an emergency cleanup (whose own cooldown rules apply) spills every unpinned session before
+it evicts. The GC manager is made on first need from the config when none was given.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
-from .logging import INFO, LEVEL_CHANGED, PROACTIVE_GC, WARNING, emit
-from .pressure import Level, actions
+from .bounded_cache import BoundedCache, shares
+from .logging import (
+    CACHES_SHRUNK,
+    INFO,
+    LEVEL_CHANGED,
+    PROACTIVE_GC,
+    SESSIONS_SPILLED,
+    WARNING,
+    emit,
+)
+from .pressure import Level, Thresholds, actions, ladder_steps
 from .reading import Reading
 from .units import non_negative
 
 if TYPE_CHECKING:
     from .config import MemoryConfig
     from .gc_manager import GarbageCollectionManager
+    from .session_manager import SessionManager
+
+#: Caches shrink at most this often: what they drop shows in the next readings first.
+SHRINK_EVERY_S: Final = 1.0
 
 
 class LevelActions:
@@ -31,6 +50,9 @@ class LevelActions:
         interval_s: float,
         start_cleanup: Callable[[str], None],
         clock: Callable[[], float],
+        *,
+        thresholds: Thresholds | None = None,
+        sessions: Callable[[], SessionManager | None] = lambda: None,
     ) -> None:
         self.config = config
         self.gc_manager = gc_manager
@@ -38,6 +60,46 @@ class LevelActions:
         self._start_cleanup = start_cleanup
         self._clock = clock
         self._next = 0.0
+        self.thresholds = thresholds if thresholds is not None else Thresholds.from_config(config)
+        self._sessions = sessions
+        self.caches: list[BoundedCache[object, object]] = []
+        self._next_shrink = 0.0
+        self._spilling: threading.Thread | None = None
+
+    def step(self, level: Level, reading: Reading) -> None:
+        """The ladder's steps for ``reading`` (caches, spilling), then ``act``."""
+        if level >= Level.WARNING:
+            t = self.thresholds.for_total(reading.total_bytes)
+            todo = ladder_steps(level, reading.used_bytes, reading.total_bytes, t)
+            shrunk = self._shrink(level, todo.shrink_bytes)
+            self._spill(level, todo.spill_bytes - shrunk)
+        self.act(level)
+
+    def _shrink(self, level: Level, excess: int) -> int:
+        """Shrink the caches by their shares of ``excess`` (throttled); the bytes evicted."""
+        now = self._clock()
+        if excess <= 0 or not self.caches or now < self._next_shrink:
+            return 0
+        self._next_shrink = now + SHRINK_EVERY_S
+        caches = list(self.caches)
+        plan = shares(excess, [c.nbytes for c in caches])
+        freed = [c.shrink(n) for c, n in zip(caches, plan, strict=True)]
+        if sum(freed):
+            emit(INFO, CACHES_SHRUNK, pressure_level=level.name, freed_bytes=sum(freed),
+                 caches={c.name: n for c, n in zip(caches, freed, strict=True) if n})  # fmt: skip
+        return sum(freed)
+
+    def _spill(self, level: Level, excess: int) -> None:
+        """Spill idle sessions for ``excess`` bytes in a worker thread, one round at a time."""
+        sessions = self._sessions()
+        if excess <= 0 or sessions is None or sessions.spill_store is None:
+            return
+        if self._spilling is not None and self._spilling.is_alive():
+            return
+        self._spilling = threading.Thread(
+            target=_spill_round, args=(sessions, excess, level), name="pathoai-spill", daemon=True
+        )
+        self._spilling.start()
 
     def act(self, level: Level) -> None:
         todo = actions(
@@ -67,6 +129,16 @@ class LevelActions:
 
             self.gc_manager = GarbageCollectionManager.from_config(self.config)
         return self.gc_manager
+
+
+def _spill_round(sessions: SessionManager, excess: int, level: Level) -> None:
+    """One round of spilling (in the worker thread), logged when it freed anything."""
+    started, before = time.monotonic(), sessions.spilled_sessions
+    freed = sessions.spill_idle(excess)
+    if freed:
+        emit(INFO, SESSIONS_SPILLED, pressure_level=level.name, freed_bytes=freed,
+             sessions=sessions.spilled_sessions - before,
+             duration_s=round(time.monotonic() - started, 3))  # fmt: skip
 
 
 def log_level_change(previous: Level, level: Level, reading: Reading) -> None:

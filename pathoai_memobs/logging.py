@@ -46,6 +46,9 @@ EXPORTER_CLIENT_DROPPED: Final = "exporter_client_dropped"
 GC_TIMER_UNAVAILABLE: Final = "gc_timer_unavailable"
 RUNGS_OUT_OF_ORDER: Final = "rungs_out_of_order"
 ROUTE_NEVER_FITS: Final = "route_never_fits"
+CACHES_SHRUNK: Final = "caches_shrunk"
+SESSIONS_SPILLED: Final = "sessions_spilled"
+SPILL_REFUSED: Final = "spill_refused"
 
 Format = Literal["auto", "json", "console"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .admission import Admission
 from .config import MemoryConfig
@@ -31,6 +31,7 @@ from .sampling_loop import Sampler, SamplingLoop
 from .units import non_negative, to_bytes_mb
 
 if TYPE_CHECKING:
+    from .bounded_cache import BoundedCache
     from .gc_manager import GarbageCollectionManager
     from .session_manager import SessionManager
 
@@ -87,7 +88,10 @@ class MemoryMonitor:
             clock=clock,
         )
         gc_every = proactive_gc_interval_s
-        self._actions = LevelActions(config, gc_manager, gc_every, self._cleanup.start, clock)
+        self._actions = LevelActions(
+            config, gc_manager, gc_every, self._cleanup.start, clock,
+            thresholds=self.thresholds, sessions=lambda: self.sessions,
+        )  # fmt: skip
         self._loop = SamplingLoop(
             self._sampler,
             root=root,
@@ -158,7 +162,7 @@ class MemoryMonitor:
     def _step(self, reading: Reading) -> int:  # observe, act; the headroom to the next rung
         self._observe(reading)
         try:
-            self._actions.act(self._level)
+            self._actions.step(self._level, reading)
         except Exception as exc:
             self._errors.count("action", exc)
         t, r = self.thresholds.for_total(reading.total_bytes), reading
@@ -299,6 +303,19 @@ class MemoryMonitor:
         """Add an emergency cleanup step, run before the built-in ones in its own thread within
         ``callback_budget_s``; lower ``priority`` first. ``name`` labels metrics and logs."""
         self._cleanup.register(fn, name=name, priority=priority)
+
+    def register_cache(self, cache: BoundedCache[Any, Any]) -> None:
+        """Let the ladder shrink ``cache`` at WARNING and above, and empty it in an emergency
+        cleanup (a step named ``cache_<name>``, before the user's default priority)."""
+        if any(c.name == cache.name for c in self._actions.caches):
+            raise ValueError(f"a cache named {cache.name!r} is registered already")
+        self._cleanup.register(cache.clear, name=f"cache_{cache.name}", priority=50)
+        self._actions.caches.append(cache)
+
+    @property
+    def caches(self) -> tuple[BoundedCache[Any, Any], ...]:
+        """The registered bounded caches (for exporters)."""
+        return tuple(self._actions.caches)
 
     def unregister_cleanup_callback(self, name: str) -> bool:
         return self._cleanup.unregister(name)

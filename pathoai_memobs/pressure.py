@@ -269,6 +269,26 @@ def actions(
     )
 
 
+class Steps(NamedTuple):
+    """Bytes the graduated ladder frees before EMERGENCY: caches shrink at WARNING and
+    above, idle sessions spill at CRITICAL and above."""
+
+    shrink_bytes: int
+    spill_bytes: int
+
+
+def ladder_steps(level: Level, used_bytes: int, total_bytes: int, t: Thresholds) -> Steps:
+    """How many bytes each step should free: what lies above the rung's exit point (the
+    rung less its margin), so that one round brings the level down and it stays down."""
+
+    def over(ratio: float) -> int:
+        return max(0, used_bytes - math.floor(max(0.0, ratio - t.ratio_margin) * total_bytes))
+
+    shrink = over(t.warning_ratio) if level >= Level.WARNING else 0
+    spill = over(t.critical_ratio) if level >= Level.CRITICAL else 0
+    return Steps(shrink, spill)
+
+
 def retry_after_s(
     level: Level, interval_s: float, cooldown_left_s: float = 0.0, *, minimum_s: int = 1
 ) -> int:

@@ -25,8 +25,9 @@ from types import MappingProxyType
 from typing import Any, Final, Literal
 
 from .config import MemoryConfig
+from .durations import Durations
 from .exceptions import SessionMemoryLimitError, SessionNotFoundError
-from .exporters.catalogue import REMOVAL_REASONS
+from .exporters.catalogue import REMOVAL_REASONS, SPILL_OPERATIONS
 from .forksafe import after_fork_in_child
 from .session_accounting import (
     SessionRecord,
@@ -104,6 +105,8 @@ class SessionManager(SpillingSessions):
         self.spill_min_bytes = spill_min_bytes
         self.spill_idle_s = spill_idle_s
         self.spill_refusals: collections.Counter[str] = collections.Counter()
+        self._refusing: set[str] = set()
+        self.spill_durations = Durations(SPILL_OPERATIONS)
         self.spilled_sessions = 0
         self._restoring = threading.Lock()  # one restore at a time: each reads whole files
         after_fork_in_child(self._forked)

@@ -16,11 +16,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
+import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
+from .durations import Durations
 from .exceptions import SpillCorruptError, SpillRefusedError
+from .logging import SPILL_REFUSED, WARNING, emit
 from .session_accounting import SessionRecord, apply, eviction_order, recount
 from .sizeof import measure
 from .spill_store import SpillRef, SpillStore
@@ -118,6 +121,8 @@ class SpillingSessions:
     spill_min_bytes: int
     spill_idle_s: float
     spill_refusals: collections.Counter[str]
+    spill_durations: Durations  # "spill" (one session's buffers written) and "restore"
+    _refusing: set[str]  # causes refused since the last spill that worked
     spilled_sessions: int  # sessions with buffers on disk now
     #: Admission for restores (the monitor's gate, set when the monitor gets the manager):
     #: a restore is a request for the session's spilled bytes, waiting up to
@@ -135,7 +140,8 @@ class SpillingSessions:
         """Write the large buffers of unpinned sessions idle ``min_idle_s`` or more (default
         ``spill_idle_s``), least recently used first, to the spill store until ``bytes_needed``
         are freed; the host bytes freed. 0 while spilling is off; a refusal is counted by
-        cause and ends the round (the caller goes on to evict). I/O runs outside the lock."""
+        cause (once while it lasts, see ``_refused``) and ends the round (the caller goes on
+        to evict). I/O runs outside the lock."""
         store = self.spill_store
         if store is None or bytes_needed <= 0:
             return 0
@@ -151,10 +157,21 @@ class SpillingSessions:
             try:
                 freed += self._spill_one(store, session, version, plan)
             except SpillRefusedError as exc:
-                with self._lock:
-                    self.spill_refusals[exc.cause] += 1
+                self._refused(exc)
                 break
+        if freed:
+            self._refusing.clear()  # spilling works again: the next refusal is news
         return freed
+
+    def _refused(self, exc: SpillRefusedError) -> None:
+        """Count and log a refusal once per cause, not once per attempt: the ladder tries
+        again at every step, and a full disk stays full until a spill succeeds again."""
+        with self._lock:
+            if exc.cause in self._refusing:
+                return
+            self._refusing.add(exc.cause)
+            self.spill_refusals[exc.cause] += 1
+        emit(WARNING, SPILL_REFUSED, cause=exc.cause, detail=str(exc))
 
     def _spill_one(
         self, store: SpillStore, session: SessionRecord, version: int,
@@ -166,7 +183,9 @@ class SpillingSessions:
         for _ in range(2):
             if not plan:
                 return 0
+            started = time.monotonic()
             refs = write(store, plan)
+            self.spill_durations.record("spill", time.monotonic() - started)
             with self._lock:
                 committed = self._commit_spill(session, version, refs)
                 if committed is not None:
@@ -245,6 +264,7 @@ class SpillingSessions:
                 spilled = dict(session.spilled)
             if not spilled or self._sessions.get(session_id) is not session:
                 return  # restored, or removed, meanwhile
+            started = time.monotonic()
             try:
                 values = read_back(self.spill_store, spilled)
             except SpillCorruptError:
@@ -254,6 +274,7 @@ class SpillingSessions:
                 if removed is not None:
                     self._hooks.run(removed)
                 raise
+            self.spill_durations.record("restore", time.monotonic() - started)
             measured = {key: measure(value) for key, value in values.items()}
             with self._lock:
                 session.spilled.clear()

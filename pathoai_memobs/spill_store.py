@@ -142,11 +142,16 @@ class SpillStore:
                 os.rmdir(entry.path)
         return removed
 
+    def disk(self) -> tuple[int, int]:
+        """The spill filesystem's free bytes (for an unprivileged writer) and its size."""
+        st = os.statvfs(self.directory)
+        return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
     def check(self, nbytes: int) -> None:
         """Raise SpillRefusedError where ``nbytes`` may not be spilled now."""
-        st = os.statvfs(self.directory)
-        cause = refusal(nbytes, self.disk_bytes, self.max_bytes, st.f_bavail * st.f_frsize,
-                        st.f_blocks * st.f_frsize, self.min_free_ratio, self.fstype)  # fmt: skip
+        free, total = self.disk()
+        cause = refusal(nbytes, self.disk_bytes, self.max_bytes, free, total,
+                        self.min_free_ratio, self.fstype)  # fmt: skip
         if cause is not None:
             raise SpillRefusedError(cause)
 

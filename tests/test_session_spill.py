@@ -186,6 +186,18 @@ def test_what_is_on_disk_and_each_refusal_are_exported(tmp_path: Path) -> None:
     assert value("pathoai_session_spill_budget_bytes") == 20 * MIB
     assert value("pathoai_session_spill_refusals_total", {"cause": "budget"}) == 1
     assert value("pathoai_session_spill_refusals_total", {"cause": "disk_full"}) == 0
+    free, size = (
+        value("pathoai_session_spill_disk_free_bytes"),
+        value("pathoai_session_spill_disk_size_bytes"),
+    )
+    assert free is not None and size is not None and 0 < free <= size
+    spills = {"operation": "spill"}
+    assert value("pathoai_session_spill_duration_seconds_count", spills) == 1
+    assert (value("pathoai_session_spill_duration_seconds_sum", spills) or 0) > 0
+    assert value("pathoai_session_spill_duration_seconds_count", {"operation": "restore"}) == 0
+    for sid in list(sessions._sessions):  # the spilled one comes back: one restore timed
+        sessions.get_session(sid)
+    assert value("pathoai_session_spill_duration_seconds_count", {"operation": "restore"}) == 1
     for sid in list(sessions._sessions):
         sessions.delete_session(sid)
     assert value("pathoai_sessions_spilled") == 0 and value("pathoai_session_spilled_bytes") == 0

@@ -55,6 +55,9 @@ class Metric:
 GC_REASONS: Final = ("manual", "proactive", "emergency")
 #: Why a spill was refused (the session stays in memory), exported from the start.
 SPILL_REFUSAL_CAUSES: Final = ("budget", "disk_full", "memory_fs", "io_error")
+SPILL_OPERATIONS: Final = ("spill", "restore")
+CACHE_EVICTION_CAUSES: Final = ("bound", "pressure", "explicit")
+CACHE_RESULTS: Final = ("hit", "miss")
 REMOVAL_REASONS: Final = ("timeout", "explicit", "emergency", "idle", "budget", "spill_corrupt")
 ERROR_PLACES: Final = ("sample", "action", "wakeups", "emergency_step", "emergency_run", "scrape")
 
@@ -94,6 +97,14 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
     Metric("pathoai_session_spilled_bytes", "gauge", "bytes", (), "Bytes of session buffers on disk now (not in memory).", "sum", otel=(OTel("pathoai.session.spilled.size", "By", "updown"),)),
     Metric("pathoai_session_spill_budget_bytes", "gauge", "bytes", (), "Bytes the spill store may hold (SESSION_SPILL_MAX_GB).", "max"),
     Metric("pathoai_session_spill_refusals_total", "counter", "", ("cause",), "Spills refused, the session kept in memory, by cause: budget, disk_full, memory_fs (tmpfs would free nothing), io_error.", "sum", otel=(OTel("pathoai.session.spill.refusals", "{spill}", "counter", ("pathoai.spill.cause",)),)),
+    Metric("pathoai_session_spill_duration_seconds", "histogram", "seconds", ("operation",), "Duration of each spill (one session's buffers written, synced, dropped from the page cache) and each restore (read back and checked), by operation.", "sum", otel=(OTel("pathoai.session.spill.duration", "s", "histogram", ("pathoai.spill.operation",)),)),
+    Metric("pathoai_session_spill_disk_free_bytes", "gauge", "bytes", (), "Free bytes of the spill directory's filesystem (while spilling is on); spills stop short of SESSION_SPILL_MIN_FREE_PERCENT of its size.", "min", otel=(OTel("pathoai.session.spill.disk.free", "By", "gauge"),)),
+    Metric("pathoai_session_spill_disk_size_bytes", "gauge", "bytes", (), "Size of the spill directory's filesystem (while spilling is on).", "max", otel=(OTel("pathoai.session.spill.disk.size", "By", "gauge"),)),
+    # bounded caches (BoundedCache, shrunk by the ladder)
+    Metric("pathoai_cache_memory_bytes", "gauge", "bytes", ("cache",), "Bytes held by each registered bounded cache.", "sum", otel=(OTel("pathoai.cache.memory", "By", "updown", ("pathoai.cache.name",)),)),
+    Metric("pathoai_cache_memory_limit_bytes", "gauge", "bytes", ("cache",), "Each registered bounded cache's bound.", "sum", otel=(OTel("pathoai.cache.memory.limit", "By", "updown", ("pathoai.cache.name",)),)),
+    Metric("pathoai_cache_evictions_total", "counter", "", ("cache", "cause"), "Entries evicted from each bounded cache, by cause: bound (to make room), pressure (the ladder at WARNING and above, or an emergency cleanup), explicit.", "sum", otel=(OTel("pathoai.cache.evictions", "{entry}", "counter", ("pathoai.cache.name", "pathoai.cache.eviction_cause")),)),
+    Metric("pathoai_cache_requests_total", "counter", "", ("cache", "result"), "Lookups in each bounded cache, by result: hit, miss.", "sum", otel=(OTel("pathoai.cache.requests", "{request}", "counter", ("pathoai.cache.name", "pathoai.cache.result")),)),
     Metric("pathoai_session_removal_hook_failures_total", "counter", "", (), "Session removal hooks that raised.", "sum"),
     # garbage collection
     Metric("pathoai_gc_duration_seconds", "histogram", "seconds", ("generation",), "Pause of each garbage collection the interpreter ran, by generation (where the compiled timer is built).", "sum", otel=(OTel("pathoai.gc.duration", "s", "histogram", (GEN,)),)),

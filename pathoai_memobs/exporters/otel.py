@@ -27,10 +27,12 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from .. import __version__
+from ..durations import IO_BUCKETS
 from ..emergency import DURATION_BUCKETS
 from ..gc_pauses import GC_PAUSES, GENERATIONS, PAUSE_BUCKETS, PauseTimer
 from ..pressure import Thresholds
 from .catalogue import (
+    CACHE_EVICTION_CAUSES,
     CATALOGUE,
     ERROR_PLACES,
     GC_REASONS,
@@ -60,6 +62,7 @@ class OTelInstruments:
     lost_pauses: int = 0
     _pause_since: int = 0
     _runs_since: int = 0
+    _spills_since: int = 0
     _drain_lock: threading.Lock = field(default_factory=threading.Lock)
     _keep: list[Any] = field(default_factory=list)
 
@@ -109,6 +112,17 @@ def instrument(
                 runs.record(run.duration_s)
 
         before["pathoai.emergency.cleanups"] = drain_runs
+    if sessions is not None:
+        spills = reg.histogram(_spec("pathoai.session.spill.duration"), IO_BUCKETS)
+        out._spills_since = sessions.spill_durations.since(0)[1]
+
+        def drain_spills() -> None:
+            with out._drain_lock:
+                found_ops, out._spills_since = sessions.spill_durations.since(out._spills_since)
+            for op, seconds in found_ops:
+                spills.record(seconds, {"pathoai.spill.operation": op})
+
+        before["pathoai.session.spilled"] = drain_spills
     for spec, sources in _observed(values, scope):
         reg.observable(spec, _callback(sources, before.get(spec.name)))
     return out
@@ -289,6 +303,18 @@ def _monitor_values(m: MemoryMonitor) -> dict[str, Values]:
         ),
         "pathoai_monitor_last_sample_timestamp_seconds": lambda: m.last_sample_timestamp,
         "pathoai_monitor_errors_total": lambda: _labelled(m.errors_total, ERROR_PLACES),
+        "pathoai_cache_memory_bytes": lambda: [((c.name,), c.nbytes) for c in m.caches],
+        "pathoai_cache_memory_limit_bytes": lambda: [((c.name,), c.max_bytes) for c in m.caches],
+        "pathoai_cache_evictions_total": lambda: [
+            ((c.name, cause), c.evictions.get(cause, 0))
+            for c in m.caches
+            for cause in CACHE_EVICTION_CAUSES
+        ],
+        "pathoai_cache_requests_total": lambda: [
+            pair
+            for c in m.caches
+            for pair in (((c.name, "hit"), c.hits), ((c.name, "miss"), c.misses))
+        ],
     }
 
 
@@ -308,6 +334,12 @@ def _session_values(s: SessionManager) -> dict[str, Values]:
         ),
         "pathoai_session_spill_refusals_total": lambda: _labelled(
             s.spill_refusals, SPILL_REFUSAL_CAUSES
+        ),
+        "pathoai_session_spill_disk_free_bytes": lambda: (
+            None if s.spill_store is None else s.spill_store.disk()[0]
+        ),
+        "pathoai_session_spill_disk_size_bytes": lambda: (
+            None if s.spill_store is None else s.spill_store.disk()[1]
         ),
     }
 

@@ -33,6 +33,7 @@ from ..pressure import rungs_in_order
 from ..session_manager import SIZE_BUCKETS
 from .catalogue import (
     BY_NAME,
+    CACHE_EVICTION_CAUSES,
     ERROR_PLACES,
     GC_REASONS,
     REMOVAL_REASONS,
@@ -184,6 +185,7 @@ class MemobsCollector(Collector):
             yield _gauge("pathoai_sessions_budget_bytes", budget)
         yield from _admission(m)
         yield from _emergency(m)
+        yield from _caches(m)
         yield _gauge("pathoai_monitor_last_sample_timestamp_seconds", m.last_sample_timestamp)
         yield _gauge("pathoai_monitor_interval_seconds", m.config.monitoring_interval_sec)
         yield _gauge("pathoai_monitor_running", 1 if m.running else 0)
@@ -228,10 +230,37 @@ def _spill(s: SessionManager) -> Iterator[Metric]:
     yield _gauge("pathoai_session_spilled_bytes", 0 if store is None else store.spilled_bytes)
     if store is not None:
         yield _gauge("pathoai_session_spill_budget_bytes", store.max_bytes)
+        free, size = store.disk()  # one statvfs, at scrape time only
+        yield _gauge("pathoai_session_spill_disk_free_bytes", free)
+        yield _gauge("pathoai_session_spill_disk_size_bytes", size)
     refusals = _counter("pathoai_session_spill_refusals_total")
     for cause in dict.fromkeys(SPILL_REFUSAL_CAUSES) | dict.fromkeys(s.spill_refusals):
         refusals.add_metric([cause], s.spill_refusals.get(cause, 0))
     yield refusals
+    spec = BY_NAME["pathoai_session_spill_duration_seconds"]
+    hist = HistogramMetricFamily(spec.name, spec.help, labels=["operation"])
+    for op, (buckets, total) in s.spill_durations.snapshot().items():
+        cumulative = map(float, accumulate(buckets))
+        bounds = _bounds(s.spill_durations.bounds)
+        hist.add_metric([op], list(zip(bounds, cumulative, strict=True)), total)
+    yield hist
+
+
+def _caches(m: MemoryMonitor) -> Iterator[Metric]:
+    """Each registered bounded cache: its bytes, bound, evictions by cause, lookups."""
+    held, bound = _gauge("pathoai_cache_memory_bytes"), _gauge("pathoai_cache_memory_limit_bytes")
+    evicted, lookups = (
+        _counter("pathoai_cache_evictions_total"),
+        _counter("pathoai_cache_requests_total"),
+    )
+    for cache in m.caches:
+        held.add_metric([cache.name], cache.nbytes)
+        bound.add_metric([cache.name], cache.max_bytes)
+        for cause in CACHE_EVICTION_CAUSES:
+            evicted.add_metric([cache.name, cause], cache.evictions.get(cause, 0))
+        lookups.add_metric([cache.name, "hit"], cache.hits)
+        lookups.add_metric([cache.name, "miss"], cache.misses)
+    yield from (held, bound, evicted, lookups)
 
 
 def _emergency(m: MemoryMonitor) -> Iterator[Metric]:
