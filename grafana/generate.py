@@ -318,6 +318,101 @@ def overview() -> dict[str, Any]:
             min=0,
         )
     )
+    lay.row("Spilling and caches")
+    lay.add(
+        timeseries(
+            "Spilled session bytes",
+            "bytes",
+            [
+                target(f"pathoai_session_spilled_bytes{{{SEL}}}", "on disk {{instance}}"),
+                target(f"pathoai_session_spill_budget_bytes{{{SEL}}}", "budget {{instance}}"),
+            ],
+            "Bytes of idle sessions' buffers on disk instead of memory (nothing lost), and the"
+            " store's budget (SESSION_SPILL_MAX_GB).",
+            min=0,
+        )
+    )
+    lay.add(
+        timeseries(
+            "Spill disk free",
+            "percentunit",
+            [
+                target(
+                    f"pathoai_session_spill_disk_free_bytes{{{SEL}}}"
+                    f" / on (job, instance) pathoai_session_spill_disk_size_bytes{{{SEL}}}",
+                    "{{instance}}",
+                )
+            ],
+            "Free share of the spill filesystem; the alert fires under 15 %, spilling stops"
+            " under SESSION_SPILL_MIN_FREE_PERCENT (10 %).",
+            min=0,
+            max=1,
+        )
+    )
+    lay.add(
+        timeseries(
+            "Spill and restore p99",
+            "s",
+            [
+                target(
+                    "histogram_quantile(0.99, sum by (operation, le) (rate("
+                    f"pathoai_session_spill_duration_seconds_bucket{{{SEL}}}[$__rate_interval])))",
+                    "{{operation}}",
+                )
+            ],
+            "How long writing one session's buffers (spill) and reading a session back"
+            " (restore, which its request waits for) take.",
+            min=0,
+        )
+    )
+    lay.add(
+        timeseries(
+            "Spill refusals by cause",
+            "ops",
+            [
+                target(
+                    "sum by (cause) (rate("
+                    f"pathoai_session_spill_refusals_total{{{SEL}}}[$__rate_interval]))",
+                    "{{cause}}",
+                )
+            ],
+            "Spills refused (the session stays in memory, eviction may follow): budget,"
+            " disk_full, memory_fs, io_error. Counted once per cause while it lasts.",
+            min=0,
+        )
+    )
+    lay.add(
+        timeseries(
+            "Bounded caches",
+            "bytes",
+            [
+                target(f"sum by (cache) (pathoai_cache_memory_bytes{{{SEL}}})", "{{cache}}"),
+                target(
+                    f"sum by (cache) (pathoai_cache_memory_limit_bytes{{{SEL}}})",
+                    "{{cache}} bound",
+                ),
+            ],
+            "Bytes held by each registered BoundedCache and its bound; the ladder shrinks"
+            " them at WARNING, before any session is touched.",
+            min=0,
+        )
+    )
+    lay.add(
+        timeseries(
+            "Cache evictions by cause",
+            "ops",
+            [
+                target(
+                    "sum by (cache, cause) (rate("
+                    f"pathoai_cache_evictions_total{{{SEL}}}[$__rate_interval]))",
+                    "{{cache}} {{cause}}",
+                )
+            ],
+            "Entries evicted per second: bound (making room), pressure (the ladder or an"
+            " emergency cleanup), explicit.",
+            min=0,
+        )
+    )
     lay.row("Garbage collection")
     lay.add(
         timeseries(

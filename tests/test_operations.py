@@ -25,8 +25,10 @@ from pathoai_memobs import (
     MemoryMonitor,
     SessionManager,
 )
+from pathoai_memobs.bounded_cache import BoundedCache
 from pathoai_memobs.exceptions import InsufficientMemoryError, SessionNotFoundError
 from pathoai_memobs.exporters.prometheus import instrument, start_http_server
+from pathoai_memobs.spill_store import SpillStore
 from pathoai_memobs.tools import stack
 from pathoai_memobs.tools.cgroup_sandbox import MemoryCgroup
 
@@ -118,10 +120,30 @@ def panel_queries() -> list[tuple[str, str]]:
     return out
 
 
+def spilling_sessions(where: Path) -> SessionManager:
+    """Sessions that spill (buffers from 512 KiB, idle or not) and whose restores refused in
+    EMERGENCY answer at once rather than wait in line."""
+    store = SpillStore(str(where), max_bytes=1 << 30, encrypt=False)
+    sessions = SessionManager(top_k=5, spill=store, spill_min_bytes=1 << 19, spill_idle_s=0)
+    sessions.restore_wait_s = 0.0
+    return sessions
+
+
+def reread_and_cache(
+    sessions: SessionManager, sid: str | None, tiles: BoundedCache[int, bytes]
+) -> None:
+    """Read the previous session back (the emergency may have spilled it), and use a cache."""
+    if sid is not None:
+        with contextlib.suppress(InsufficientMemoryError):
+            sessions.get_session(sid)
+    tiles.put(len(tiles) + tiles.evictions["bound"], b"t" * (1 << 20))
+    tiles.get(0)
+
+
 @pytest.fixture(scope="module")
 def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     """Prometheus with the shipped rules, scraping an exporter under a workload."""
-    sessions = SessionManager(top_k=5)
+    sessions = spilling_sessions(tmp_path_factory.mktemp("spill"))
     gcm = GarbageCollectionManager()
     # A floor above what is free puts the service in EMERGENCY at once: cleanups, evictions
     # and rejections then happen for real, so every panel has something to show.
@@ -135,6 +157,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
         raise RuntimeError("a cache that cannot be cleared")
 
     monitor.register_cleanup_callback(broken, name="broken_cache")
+    tiles: BoundedCache[int, bytes] = BoundedCache(8, name="tiles", monitor=monitor)
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     instrument(monitor, sessions, gcm, registry=registry)
@@ -150,8 +173,10 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
                 return
 
     def churn() -> None:
+        previous = None
         while not stop.is_set():
-            sid = sessions.create_session()
+            reread_and_cache(sessions, previous, tiles)
+            previous = sid = sessions.create_session()
             with contextlib.suppress(SessionNotFoundError):  # evicted before its upload
                 sessions.update_session(
                     sid, image=np.ones(1 << 20, np.uint8), tiles=[b"x" * 1000] * 50
