@@ -56,7 +56,7 @@ class SessionRecord:
         self.host = 0
         self.device = 0
         self.pins = 0
-        self.spilled: dict[str, Any] = {}  # key -> its SpillRef, while on disk
+        self.spilled: dict[str, Any] = {}  # key -> its Spilled placeholder, while on disk
         self.version = 0  # bumped by every change of data (a spill in flight checks it)
 
 

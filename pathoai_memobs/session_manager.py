@@ -37,11 +37,12 @@ from .session_accounting import (
     recount,
 )
 from .session_hooks import RemovalHook, RemovalHooks, Removed
-from .session_spill import Spilled, SpillingSessions
+from .session_spill import SpillingSessions
 from .session_sweeper import Sweeper
 from .session_top import TopSessions
 from .session_view import LiveData, SessionAggregates, SessionData
 from .sizeof import Charges, measure
+from .spill_plan import Spilled, spilled_files
 from .spill_store import SpillStore
 from .units import GIB, MIB, non_negative, positive
 
@@ -374,7 +375,7 @@ class SessionManager(SpillingSessions):
         del self._sessions[session.sid]
         if self.spill_store is not None:
             self.spilled_sessions -= bool(session.spilled)
-            for ref in dict.fromkeys(session.spilled.values()):
+            for ref in spilled_files(session.spilled).values():
                 self.spill_store.discard(ref)
         self._top.left(session)
         self._buckets[_bucket(session.host)] -= 1

@@ -1,10 +1,5 @@
-"""Spilling an idle session's large buffers to a SpillStore, and bringing them back.
-
-What goes: top-level values that are large buffers (bytes, bytearray, C-contiguous numpy
-arrays that own their memory, at least ``min_bytes``). One file per object, so two keys
-holding the same array share one file and get one array back. Views and small values stay
-in memory. A spilled key holds a ``Spilled`` placeholder, which accounting charges as the
-small object it is, so the session's bytes fall by what went to disk.
+"""Spilling an idle session's large buffers to a SpillStore, and bringing them back
+(what goes and how it is rebuilt: ``spill_plan``), admitted like any request.
 
 The I/O runs outside the manager's lock (``SessionManager.spill_idle``): the plan is taken
 under it, written without it, and committed only if the session was not changed or pinned
@@ -17,95 +12,21 @@ import asyncio
 import collections
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .durations import Durations
 from .exceptions import SpillCorruptError, SpillRefusedError
 from .logging import SPILL_REFUSED, WARNING, emit
 from .session_accounting import SessionRecord, apply, eviction_order, recount
 from .sizeof import measure
-from .spill_store import SpillRef, SpillStore
+from .spill_plan import Group, Spilled, read_back, spill_plan, spilled_files, write
+from .spill_store import SpillStore
 
 if TYPE_CHECKING:
     from .gate import AdmissionGate
     from .session_hooks import RemovalHooks, Removed
-
-
-class Spilled:
-    """What a spilled key holds until its session is restored (never the data)."""
-
-    __slots__ = ("ref",)
-
-    def __init__(self, ref: SpillRef) -> None:
-        self.ref = ref
-
-    def __repr__(self) -> str:
-        return f"<spilled {self.ref.kind} of {self.ref.nbytes} bytes>"
-
-
-def spillable(value: Any, min_bytes: int) -> bool:
-    """Whether ``value`` is a buffer worth a file of its own."""
-    if isinstance(value, (bytes, bytearray)):
-        return len(value) >= min_bytes
-    flags = getattr(value, "flags", None)
-    nbytes = getattr(value, "nbytes", 0)
-    dtype = getattr(value, "dtype", None)
-    if flags is None or dtype is None or not isinstance(nbytes, int) or nbytes < min_bytes:
-        return False
-    owns = getattr(value, "base", None) is None  # a view shares another buffer: it stays
-    return bool(owns and flags["C_CONTIGUOUS"] and not dtype.hasobject)
-
-
-def spill_plan(data: Mapping[str, Any], min_bytes: int) -> list[tuple[tuple[str, ...], Any]]:
-    """The objects to write, once each, with every key that holds it; largest first."""
-    groups: dict[int, tuple[list[str], Any]] = {}
-    viewed = {id(_root(v)) for v in data.values() if getattr(v, "base", None) is not None}
-    for key, value in data.items():
-        if id(value) in viewed:
-            continue  # a view of it stays in memory, and keeps it there: nothing to free
-        if not isinstance(value, Spilled) and spillable(value, min_bytes):
-            groups.setdefault(id(value), ([], value))[0].append(key)
-    plan = [(tuple(keys), value) for keys, value in groups.values()]
-    return sorted(plan, key=lambda kv: -_size(kv[1]))
-
-
-def write(store: SpillStore, plan: list[tuple[tuple[str, ...], Any]]) -> dict[str, SpillRef]:
-    """Write ``plan``; each key's ref. Where one write is refused, what was written is
-    discarded and the refusal raised: a session goes to disk whole or not at all."""
-    done: list[SpillRef] = []
-    refs: dict[str, SpillRef] = {}
-    try:
-        for keys, value in plan:
-            ref = store.spill(value)
-            done.append(ref)
-            refs.update(dict.fromkeys(keys, ref))
-    except SpillRefusedError:
-        for ref in done:
-            store.discard(ref)
-        raise
-    return refs
-
-
-def read_back(store: SpillStore, spilled: Mapping[str, SpillRef]) -> dict[str, Any]:
-    """Every spilled key's value, each file read once (shared objects shared again);
-    SpillCorruptError where a file is not intact."""
-    by_file: dict[str, Any] = {}
-    for ref in dict.fromkeys(spilled.values()):
-        by_file[ref.name] = store.restore(ref)
-    return {key: by_file[ref.name] for key, ref in spilled.items()}
-
-
-def _root(value: Any) -> Any:
-    """The buffer a chain of views ends in."""
-    while getattr(value, "base", None) is not None:
-        value = value.base
-    return value
-
-
-def _size(value: Any) -> int:
-    return len(value) if isinstance(value, (bytes, bytearray)) else int(value.nbytes)
 
 
 class SpillingSessions:
@@ -149,7 +70,9 @@ class SpillingSessions:
         with self._lock:
             chosen = eviction_order(self._sessions.values(), bytes_needed, now=self._clock(),
                                     min_idle_s=idle)  # fmt: skip
-            plans = [(s, s.version, spill_plan(s.data, self.spill_min_bytes)) for s in chosen]
+            plans = [
+                (s, s.version, spill_plan(s.data, self.spill_min_bytes, s.refs)) for s in chosen
+            ]
         freed = 0
         for session, version, plan in plans:
             if freed >= bytes_needed:
@@ -163,6 +86,9 @@ class SpillingSessions:
             self._refusing.clear()  # spilling works again: the next refusal is news
         return freed
 
+    def _plan(self, session: SessionRecord) -> list[Group]:
+        return spill_plan(session.data, self.spill_min_bytes, session.refs)
+
     def _refused(self, exc: SpillRefusedError) -> None:
         """Count and log a refusal once per cause, not once per attempt: the ladder tries
         again at every step, and a full disk stays full until a spill succeeds again."""
@@ -175,7 +101,7 @@ class SpillingSessions:
 
     def _spill_one(
         self, store: SpillStore, session: SessionRecord, version: int,
-        plan: list[tuple[tuple[str, ...], Any]],
+        plan: list[Group],
     ) -> int:  # fmt: skip
         """Write one session's plan and commit it; the bytes freed. A session updated while
         it was written (still there, unpinned) is planned and written once more, rather
@@ -184,19 +110,22 @@ class SpillingSessions:
             if not plan:
                 return 0
             started = time.monotonic()
-            refs = write(store, plan)
+            marks = write(store, plan)
             self.spill_durations.record("spill", time.monotonic() - started)
             with self._lock:
-                committed = self._commit_spill(session, version, refs)
+                committed = self._commit_spill(session, version, marks)
                 if committed is not None:
                     return committed
                 if self._sessions.get(session.sid) is not session or session.pins:
                     return 0
-                version, plan = session.version, spill_plan(session.data, self.spill_min_bytes)
+                version, plan = (
+                    session.version,
+                    spill_plan(session.data, self.spill_min_bytes, session.refs),
+                )
         return 0
 
     def _commit_spill(
-        self, session: SessionRecord, version: int, refs: dict[str, SpillRef]
+        self, session: SessionRecord, version: int, marks: dict[str, Spilled]
     ) -> int | None:
         """Swap spilled keys for placeholders (under the lock), unless the session changed or
         was pinned or removed while its files were written: then they go (None). Bytes
@@ -208,17 +137,16 @@ class SpillingSessions:
             or session.version != version
             or session.pins
         ):
-            for ref in dict.fromkeys(refs.values()):
+            for ref in spilled_files(marks).values():
                 store.discard(ref)
             return None
-        marks = {key: Spilled(ref) for key, ref in refs.items()}
         measured = {key: measure(mark) for key, mark in marks.items()}
         before = session.host
         host, device = recount(session, measured)
         apply(session, marks, measured)
         self._resize(session, host, device)
         self.spilled_sessions += not session.spilled
-        session.spilled.update(refs)
+        session.spilled.update(marks)
         return before - host
 
     def _restore(self, session_id: str) -> None:
@@ -253,7 +181,7 @@ class SpillingSessions:
             session = self._sessions.get(session_id)
             if session is None or not session.spilled or self.spill_store is None:
                 return None
-            return session, sum(ref.nbytes for ref in dict.fromkeys(session.spilled.values()))
+            return session, sum(r.nbytes for r in spilled_files(session.spilled).values())
 
     def _read_in(self, session_id: str, session: SessionRecord) -> None:
         """Read a spilled session's buffers back into it. A file that is not intact removes

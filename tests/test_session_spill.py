@@ -6,6 +6,7 @@ before it evicts. Real files, a real SessionManager and monitor."""
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 
 from pathoai_memobs import MemoryConfig, MemoryMonitor, SessionManager
 from pathoai_memobs.exceptions import SpillCorruptError
-from pathoai_memobs.session_spill import Spilled, spill_plan
+from pathoai_memobs.spill_plan import Spilled, spill_plan
 from pathoai_memobs.spill_store import SpillStore
 
 from .scripted import Scripted
@@ -87,13 +88,39 @@ def test_use_and_update_bring_a_spilled_session_back_first(tmp_path: Path) -> No
     assert not any(isinstance(v, Spilled) for v in sessions._sessions[sid].data.values())
 
 
-def test_a_view_keeps_its_buffer_in_memory_and_small_values_stay() -> None:
+def test_views_and_aliases_come_back_sharing_as_before(tmp_path: Path) -> None:
+    sessions, now = manager(tmp_path)
+    sid = sessions.create_session()
+    base = np.arange(8 * MIB, dtype=np.uint8)
+    tile, raw = base[MIB : 2 * MIB], bytes(6 * MIB)
+    backwards = base.reshape(2048, 4096)[::-2, 100:200]  # strided, negative steps
+    frozen = np.frombuffer(raw, np.uint8)[10:20]  # a read-only view over bytes
+    sessions.update_session(sid, base=base, tile=tile, alias=tile, back=backwards,
+                            frozen=frozen, small=np.ones(10))  # fmt: skip
+    held = sessions.total_bytes
+    now[0] += 11
+    assert sessions.spill_idle(1) > held - MIB  # the 8 and 6 MiB buffers went, once each
+    got = sessions.get_session(sid)
+    assert got is not None
+    d = got.data
+    assert np.array_equal(d["base"], base) and np.array_equal(d["back"], backwards)
+    assert d["tile"] is d["alias"] and d["tile"].base is d["base"]  # a view of it again
+    assert np.shares_memory(d["back"], d["base"]) and d["back"].strides == backwards.strides
+    d["base"][MIB] = 99
+    assert d["tile"][0] == 99  # one buffer, as before
+    assert bytes(d["frozen"]) == raw[10:20] and not d["frozen"].flags.writeable
+    assert abs(sessions.total_bytes - held) < 4096  # charged as before: once per buffer
+
+
+def test_a_buffer_other_keys_still_reach_stays_and_small_values_stay() -> None:
     base = np.ones(8 * MIB, np.uint8)
-    plan = spill_plan({"base": base, "tile": base[:MIB], "small": np.ones(10)}, 4 * MIB)
-    assert plan == []  # spilling the base would free nothing while the tile holds it
-    own = np.ones(8 * MIB, np.uint8)
-    plan = spill_plan({"a": own, "b": own, "c": b"x" * (4 * MIB)}, 4 * MIB)
-    assert [keys for keys, _ in plan] == [("a", "b"), ("c",)]  # largest first, once each
+    data = {"base": base, "tiles": [base[:MIB], base[MIB:]], "small": np.ones(10)}
+    sessions = SessionManager()
+    sid = sessions.create_session()
+    sessions.update_session(sid, **data)
+    record = sessions._sessions[sid]
+    assert spill_plan(record.data, 4 * MIB, record.refs) == []  # the list keeps it alive
+    assert len(spill_plan({"base": base, "small": np.ones(10)}, 4 * MIB)) == 1
 
 
 def test_a_damaged_file_removes_the_session_and_never_returns_data(tmp_path: Path) -> None:
@@ -225,3 +252,58 @@ def test_a_session_updated_while_it_is_written_is_written_again(tmp_path: Path) 
     assert store.spilled_bytes == 8 * MIB  # the first write discarded, the second kept
     data = sessions.get_session(sid)
     assert data is not None and data.data["result"] == b"r" and data.data["slide"].sum() == 8 * MIB
+
+
+class _Storage:
+    def __init__(self, array: np.ndarray[Any, Any]) -> None:
+        self._array = array
+
+    def nbytes(self) -> int:
+        return int(self._array.nbytes)
+
+    def data_ptr(self) -> int:
+        return int(self._array.__array_interface__["data"][0])
+
+
+class Tensor:
+    """A stand-in for a CPU ``torch.Tensor`` (torch itself is a 900 MB install, not in CI):
+    the methods the spill path calls, with torch's semantics (``numpy()`` shares memory)."""
+
+    __module__ = "torch"
+
+    def __init__(self, array: np.ndarray[Any, Any]) -> None:
+        self._array, self.device, self.requires_grad = array, type("D", (), {"type": "cpu"}), False
+        self.nbytes = array.nbytes
+
+    def numpy(self) -> np.ndarray[Any, Any]:
+        return self._array.view()
+
+    def storage_offset(self) -> int:
+        return 0
+
+    def is_contiguous(self) -> bool:
+        return True
+
+    def untyped_storage(self) -> _Storage:
+        return _Storage(self._array)
+
+
+def test_a_cpu_tensor_is_spilled_once_and_comes_back_a_tensor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import types
+
+    torch = types.ModuleType("torch")
+    torch.from_numpy = Tensor  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch", torch)  # as if the app had imported torch
+    sessions, now = manager(tmp_path)
+    sid = sessions.create_session()
+    weights = Tensor(np.arange(2 * MIB, dtype=np.float32))
+    sessions.update_session(sid, weights=weights, same=weights)
+    now[0] += 11
+    assert sessions.spill_idle(1) > 8 * MIB - 4096
+    assert sessions.spill_store is not None and sessions.spill_store.spilled_bytes == 8 * MIB
+    got = sessions.get_session(sid)
+    assert got is not None and isinstance(got.data["weights"], Tensor)
+    assert got.data["weights"] is got.data["same"]
+    assert np.array_equal(got.data["weights"].numpy(), np.arange(2 * MIB, dtype=np.float32))

@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 
 from pathoai_memobs import InsufficientMemoryError, MemoryConfig, MemoryMonitor, SessionManager
 from pathoai_memobs.integrations.asgi import MemoryAdmissionMiddleware
-from pathoai_memobs.session_spill import Spilled
+from pathoai_memobs.spill_plan import Spilled
 from pathoai_memobs.spill_store import SpillStore
 
 from .scripted import Scripted
