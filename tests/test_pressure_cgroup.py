@@ -106,3 +106,21 @@ def test_with_spilling_the_flood_runs_to_its_end_and_loses_no_session(
     assert r["lost"] == 0 and r["identical"] == len(r["ids"]) == 12, summary
     assert r["spilled_sessions_at_end"] >= 1, summary  # spilling was needed, and did it
     assert not [p for p in spill.rglob("*") if p.is_file() and p.name != ".owner.lock"]
+
+
+@pytest.mark.cgroup
+def test_a_spill_lowers_the_cgroup_working_set_by_the_spilled_bytes(
+    make_cgroup: Callable[[int], MemoryCgroup], tmp_path: Path
+) -> None:
+    """Not merely RSS: the written pages are dropped from the page cache, which the cgroup
+    is charged for, so the working set the OOM killer counts falls by the spilled bytes
+    (and rises by them again when the session comes back)."""
+    group = make_cgroup(1 * GIB)
+    workload = str(Path(__file__).parent / "workloads" / "spill_working_set.py")
+    code, out, err = run(group, "--spill", str(tmp_path / "spill"), workload=workload)
+    assert code == 0, err[-2000:]
+    r = json.loads(out.splitlines()[-1])
+    mib = 1 << 20
+    assert r["freed"] > 255 * mib and r["same"], r
+    assert r["before"] - r["spilled"] > 0.9 * r["freed"], r  # the working set fell by it
+    assert r["restored"] - r["spilled"] > 0.9 * r["freed"], r  # and came back with it
