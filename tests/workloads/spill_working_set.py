@@ -13,10 +13,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from pathoai_memobs import MemoryConfig, MemoryMonitor, SessionManager  # noqa: E402
-from pathoai_memobs.spill_store import SpillStore  # noqa: E402
+from pathoai_memobs import MemoryConfig, MemoryMonitor, SessionManager
+from pathoai_memobs.spill_store import SpillStore
 
 
 def working_set(monitor: MemoryMonitor) -> int:
