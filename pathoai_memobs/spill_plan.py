@@ -30,6 +30,14 @@ class View(NamedTuple):
     writeable: bool
 
 
+class Views(NamedTuple):
+    """How to rebuild a list or tuple of arrays over one spilled buffer (a slide's tiles):
+    each item's view, None for the buffer itself."""
+
+    container: str  # "list" or "tuple"
+    items: tuple[View | None, ...]
+
+
 class Spilled:
     """What a spilled key holds until its session is restored (never the data): the file,
     the view over it (None: the buffer itself), and which of the values sharing the file it
@@ -37,7 +45,7 @@ class Spilled:
 
     __slots__ = ("ref", "slot", "view", "wrap")
 
-    def __init__(self, ref: SpillRef, view: View | None = None, slot: int = 0,
+    def __init__(self, ref: SpillRef, view: View | Views | None = None, slot: int = 0,
                  wrap: str = "") -> None:  # fmt: skip
         self.ref, self.view, self.slot, self.wrap = ref, view, slot, wrap
 
@@ -47,7 +55,7 @@ class Spilled:
 
 #: One buffer to write, and the values over it: (value, its view or None, wrap) per slot,
 #: with the keys holding each.
-Group = tuple[Any, list[tuple[Any, "View | None", str, list[str]]]]
+Group = tuple[Any, list[tuple[Any, "View | Views | None", str, list[str]]]]
 
 
 def spillable(value: Any, min_bytes: int) -> bool:
@@ -111,6 +119,17 @@ def spill_plan(
     for key, value in data.items():
         if isinstance(value, Spilled):
             continue
+        if isinstance(value, (list, tuple)):  # tiles: views of one buffer, rebuilt as such
+            found = _views_in(value, min_bytes)
+            if found is None:
+                continue
+            root, ident, views = found
+            group = groups.setdefault(ident, (root, []))
+            if id(value) not in slots:
+                slots[id(value)] = len(group[1])
+                group[1].append((value, views, "", []))
+            group[1][slots[id(value)]][3].append(key)
+            continue
         array, wrap = _as_array(value)
         if wrap:  # the tensor's whole storage, as an array over it
             root, ident = array, value.untyped_storage().data_ptr()
@@ -132,6 +151,23 @@ def spill_plan(
             if (ref := reach.get(i)) is None or ref.keys <= sum(len(v[3]) for v in g[1])
         }  # fmt: skip
     return sorted(groups.values(), key=lambda g: -_size(g[0]))
+
+
+def _views_in(items: list[Any] | tuple[Any, ...], min_bytes: int) -> tuple[Any, int, Views] | None:
+    """The one spillable buffer that every item of ``items`` is an array over, its
+    identity, and how to rebuild the items; None where that is not what they are."""
+    if not items or not all(
+        hasattr(v, "__array_interface__") and hasattr(v, "base") for v in items
+    ):
+        return None
+    roots = {id(_root(v)): _root(v) for v in items}
+    if len(roots) != 1:
+        return None
+    (root,) = roots.values()
+    if not spillable(root, min_bytes):
+        return None
+    kind = "tuple" if isinstance(items, tuple) else "list"
+    return root, _ident(root), Views(kind, tuple(_view_of(v, root) for v in items))
 
 
 def _ident(root: Any) -> int:
@@ -160,36 +196,48 @@ def write(store: SpillStore, plan: list[Group]) -> dict[str, Spilled]:
 
 def read_back(store: SpillStore, spilled: Mapping[str, Spilled]) -> dict[str, Any]:
     """Every spilled key's value, each file read once: keys that shared an object share one
-    again, views are views of the restored buffer again. SpillCorruptError where a file is
-    not intact."""
+    again, views are views of the restored buffer again (one object per view geometry, so
+    a tile held by a key and by a list is one object again). SpillCorruptError where a file
+    is not intact."""
     roots: dict[str, Any] = {}
     for mark in spilled.values():
         if mark.ref.name not in roots:
             roots[mark.ref.name] = store.restore(mark.ref)
+    views: dict[tuple[str, View | None], Any] = {}
     made: dict[tuple[str, int], Any] = {}
     out = {}
     for key, mark in spilled.items():
         slot = (mark.ref.name, mark.slot)
         if slot not in made:
-            made[slot] = _rebuild(roots[mark.ref.name], mark)
+            made[slot] = _rebuild(roots[mark.ref.name], mark, views)
         out[key] = made[slot]
     return out
 
 
-def _rebuild(root: Any, mark: Spilled) -> Any:
-    value = root
-    if mark.view is not None:
-        import numpy as np  # noqa: PLC0415 -- a view was spilled, so numpy is there
-
-        v = mark.view
-        value = np.ndarray(v.shape, np.dtype(v.dtype), buffer=root, offset=v.offset,
-                           strides=v.strides)  # fmt: skip
-        if not v.writeable and value.flags.writeable:
-            value.flags.writeable = False
+def _rebuild(root: Any, mark: Spilled, views: dict[tuple[str, View | None], Any]) -> Any:
+    if isinstance(mark.view, Views):
+        items = [_rebuild(root, Spilled(mark.ref, v), views) for v in mark.view.items]
+        return tuple(items) if mark.view.container == "tuple" else items
+    made = (mark.ref.name, mark.view)
+    if made not in views:
+        views[made] = _view(root, mark.view)
+    value = views[made]
     if mark.wrap == "torch":
         import sys  # noqa: PLC0415
 
         value = sys.modules["torch"].from_numpy(value)  # the app imported it: a tensor was spilled
+    return value
+
+
+def _view(root: Any, v: View | None) -> Any:
+    """The array ``v`` describes over ``root`` (``root`` itself for None)."""
+    if v is None:
+        return root
+    import numpy as np  # noqa: PLC0415 -- a view was spilled, so numpy is there
+
+    value = np.ndarray(v.shape, np.dtype(v.dtype), buffer=root, offset=v.offset, strides=v.strides)
+    if not v.writeable and value.flags.writeable:
+        value.flags.writeable = False
     return value
 
 

@@ -112,15 +112,27 @@ def test_views_and_aliases_come_back_sharing_as_before(tmp_path: Path) -> None:
     assert abs(sessions.total_bytes - held) < 4096  # charged as before: once per buffer
 
 
-def test_a_buffer_other_keys_still_reach_stays_and_small_values_stay() -> None:
-    base = np.ones(8 * MIB, np.uint8)
-    data = {"base": base, "tiles": [base[:MIB], base[MIB:]], "small": np.ones(10)}
-    sessions = SessionManager()
+def test_tile_lists_come_back_as_views_and_other_holders_keep_a_buffer(tmp_path: Path) -> None:
+    sessions, now = manager(tmp_path)
     sid = sessions.create_session()
-    sessions.update_session(sid, **data)
+    base = np.arange(8 * MIB, dtype=np.uint8).reshape(2048, 4096)
+    tiles = [base[i : i + 256, j : j + 256] for i in (0, 256) for j in (0, 256)]
+    sessions.update_session(sid, slide=base, tiles=tiles, pair=(base, base[:1]))
+    now[0] += 11
+    assert sessions.spill_idle(1) > 8 * MIB - 4096  # one file: the slide
+    d = sessions.get_session(sid)
+    assert d is not None and isinstance(d.data["tiles"], list) and isinstance(d.data["pair"], tuple)
+    root = d.data["slide"].base  # the slide was a reshape: a view of one buffer, as before
+    assert root is not None and all(t.base is root for t in d.data["tiles"])  # views again
+    assert d.data["pair"][0] is d.data["slide"]
+    assert all(np.array_equal(a, b) for a, b in zip(d.data["tiles"], tiles, strict=True))
+    # a buffer that a dict also reaches stays: writing it would free nothing
+    other = np.ones(8 * MIB, np.uint8)
+    sessions.update_session(sid, other=other, meta={"tile": other[:MIB]})
     record = sessions._sessions[sid]
-    assert spill_plan(record.data, 4 * MIB, record.refs) == []  # the list keeps it alive
-    assert len(spill_plan({"base": base, "small": np.ones(10)}, 4 * MIB)) == 1
+    planned = spill_plan(record.data, 4 * MIB, record.refs)
+    assert [root is other for root, _ in planned] == [False]  # the slide only
+    assert len(spill_plan({"base": other, "small": np.ones(10)}, 4 * MIB)) == 1
 
 
 def test_a_damaged_file_removes_the_session_and_never_returns_data(tmp_path: Path) -> None:
