@@ -6,6 +6,10 @@ reservation (so memory creeps), goes idle and times out. Waves push memory past 
 warning (85 %) and critical (90 %) rungs and under the floor, so every part of the
 manager works: proactive GC, emergency eviction, rejections, timeouts.
 
+Spilling is on: sessions idle for 3 s may go to an encrypted spill directory under
+/var/tmp (a disk, not tmpfs) at CRITICAL, and the emergency spills before it evicts; a
+bounded tile cache (96 MiB) is shrunk at WARNING. The directory is removed at the end.
+
 It runs inside a 2 GiB cgroup it creates where it can, with the floor lowered to 150 MB so
 the three rungs come in order within 2 GiB (85 % leaves 307 MB, 90 % leaves 205 MB). Where
 no cgroup can be made, it watches a 2 GiB budget of its own memory instead (the reading's
@@ -18,6 +22,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import tempfile
@@ -52,6 +57,14 @@ class DemoSettings:
     headroom_mb: int = 32
     seed: int = 7
     json_lines: bool = False
+    #: Where idle sessions spill (a disk; /tmp may be tmpfs, which would free nothing).
+    spill_parent: Path = field(
+        default_factory=lambda: Path(
+            "/var/tmp" if os.path.isdir("/var/tmp") else tempfile.gettempdir()
+        )
+    )
+    spill_idle_s: float = 3.0
+    tile_cache_mb: float = 96.0
     log_path: Path = field(
         default_factory=lambda: Path(tempfile.gettempdir()) / "pathoai-demo.jsonl"
     )
@@ -84,7 +97,13 @@ class Workload:
     """One step every 50 ms: arrivals by wave, analyses by active users."""
 
     def __init__(self, monitor: MemoryMonitor, sessions: Any, s: DemoSettings) -> None:
+        from ..bounded_cache import BoundedCache  # noqa: PLC0415
+
         self.monitor, self.sessions, self.s = monitor, sessions, s
+        #: Decoded tiles, as a viewer would keep them: shrunk by the ladder at WARNING.
+        self.tiles: BoundedCache[tuple[str, int], Any] = BoundedCache(
+            s.tile_cache_mb, name="tiles", monitor=monitor
+        )
         self.rng = random.Random(s.seed)
         self.users: list[User] = []
         self.rejected = 0
@@ -115,6 +134,8 @@ class Workload:
         for user in list(self.users):
             if now > user.until:
                 self.users.remove(user)  # goes idle; the session times out on its own
+            elif self.rng.random() < 0.03:  # a viewer decodes a tile (a copy) and keeps it
+                self.tiles.put((user.sid, self.rng.randint(0, 63)), np.ones(4 * MIB, np.uint8))
             elif self.rng.random() < 0.04:
                 mb = self.rng.randint(*self.s.results_mb)
                 results = {
@@ -154,7 +175,10 @@ def status_lines(scene: Scene, elapsed: float) -> list[str]:
     t = monitor.thresholds.for_total(r.total_bytes)  # the rungs fitted to this limit
     totals = monitor.emergency_totals
     snap = GC_PAUSES.snapshot()
-    removed = ", ".join(f"{n} {k}" for k, n in sorted(agg.removed_total.items())) or "none"
+    removed = ", ".join(f"{n} {k}" for k, n in sorted(agg.removed_total.items()) if n) or "none"
+    store = sessions.spill_store
+    spilled = store.spilled_bytes if store is not None else 0
+    shrunk = work.tiles.evictions["pressure"]
     last = totals.last
     if last is None:
         emergency = "none yet"
@@ -172,6 +196,9 @@ def status_lines(scene: Scene, elapsed: float) -> list[str]:
         f"level     {monitor.level.name:<10} (warning {t.warning_ratio:.0%}, critical "
         f"{t.critical_ratio:.0%}, floor {t.floor_bytes / MIB:.0f} MiB)",
         f"sessions  {agg.active} active, {agg.created_total} created; removed: {removed}",
+        f"spilled   {sessions.spilled_sessions} sessions, {spilled / MIB:.0f} MiB on disk "
+        f"(encrypted); tile cache {work.tiles.nbytes / MIB:.0f} of "
+        f"{work.tiles.max_bytes / MIB:.0f} MiB, {shrunk} shrunk under pressure",
         f"admission {work.uploads} uploads admitted, {work.rejected} refused",
         f"gc        last pause {snap.last_seconds * 1000:.2f} ms "
         f"(generation {snap.last_generation})",
@@ -190,12 +217,16 @@ def run(s: DemoSettings, where: str, sampler: Any = None, out: TextIO = sys.stdo
 
     log = open(s.log_path, "a", encoding="utf-8")  # noqa: SIM115 -- closed below
     handler = configure_logging("json", stream=log)
+    spill_dir = tempfile.mkdtemp(prefix="pathoai-demo-spill-", dir=s.spill_parent)
     config = MemoryConfig(
         emergency_cleanup_threshold_mb=s.floor_mb,
         monitoring_interval_sec=0.5,
         session_timeout_minutes=s.session_timeout_s / 60,
         session_cleanup_interval_minutes=2 / 60,
         max_session_memory_gb=0.5,
+        spill_dir=spill_dir,
+        spill_max_gb=4.0,
+        spill_idle_minutes=s.spill_idle_s / 60,
     )
     sessions = SessionManager.from_config(config)
     gcm = GarbageCollectionManager.from_config(config)
@@ -230,6 +261,9 @@ def run(s: DemoSettings, where: str, sampler: Any = None, out: TextIO = sys.stdo
         sessions.stop_sweeper()
         server.stop()
         gcm.restore()
+        if sessions.spill_store is not None:
+            sessions.spill_store.close()
+        shutil.rmtree(spill_dir, ignore_errors=True)  # patient data: nothing left behind
         import logging as stdlib  # noqa: PLC0415
 
         stdlib.getLogger().removeHandler(handler)
@@ -257,6 +291,8 @@ def _show(out: TextIO, scene: Scene, elapsed: float, tty: bool) -> None:
             "removed": dict(agg.removed_total),
             "rejected": work.rejected,
             "emergency_runs": monitor.emergency_totals.runs,
+            "sessions_spilled": sessions.spilled_sessions,
+            "tile_cache_bytes": work.tiles.nbytes,
         }
         print(json.dumps(row), file=out, flush=True)
         return
@@ -270,7 +306,8 @@ def _show(out: TextIO, scene: Scene, elapsed: float, tty: bool) -> None:
             f"{r.available_bytes / MIB:5.0f} MiB  {monitor.level.name:<9}  sessions "
             f"{agg.active:3d} (created {agg.created_total}, evicted "
             f"{agg.removed_total.get('emergency', 0)}, timed out "
-            f"{agg.removed_total.get('timeout', 0)})  refused {work.rejected}  "
+            f"{agg.removed_total.get('timeout', 0)}, spilled {sessions.spilled_sessions})  "
+            f"refused {work.rejected}  "
             f"emergency runs {monitor.emergency_totals.runs}\n"
         )
     out.flush()
