@@ -19,11 +19,13 @@ from .exceptions import (
     MemoryManagementError,
     SessionMemoryLimitError,
     SessionNotFoundError,
+    SpillCorruptError,
 )
 from .monitor import MemoryMonitor
 from .reading import MemoryMetrics, Reading
 
 if TYPE_CHECKING:
+    from .bounded_cache import BoundedCache
     from .gc_manager import GarbageCollectionManager
     from .session_manager import SessionData, SessionManager
     from .sizeof import mark_shared, register_sizeof, unmark_shared
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _LAZY = {
+    "BoundedCache": "bounded_cache",
     "GarbageCollectionManager": "gc_manager",
     "SessionData": "session_manager",
     "SessionManager": "session_manager",
@@ -50,6 +53,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "BoundedCache",
     "ConfigError",
     "GarbageCollectionManager",
     "InsufficientMemoryError",
@@ -63,6 +67,7 @@ __all__ = [
     "SessionManager",
     "SessionMemoryLimitError",
     "SessionNotFoundError",
+    "SpillCorruptError",
     "__version__",
     "mark_shared",
     "register_sizeof",
