@@ -110,6 +110,7 @@ class SessionManager(SpillingSessions):
         self.spill_durations = Durations(SPILL_OPERATIONS)
         self.spilled_sessions = 0
         self._restoring = threading.Lock()  # one restore at a time: each reads whole files
+        self._spilling = threading.Lock()  # one spill round at a time (ladder, gate, emergency)
         after_fork_in_child(self._forked)
 
     @classmethod
@@ -329,6 +330,7 @@ class SessionManager(SpillingSessions):
         """In a forked child: a request thread may have held the lock (the sweeper renews
         itself)."""
         self._lock = threading.RLock()
+        self._restoring, self._spilling = threading.Lock(), threading.Lock()
 
     def _expired(self, session: SessionRecord, now: float) -> bool:
         return session.pins == 0 and now - session.last_mono > self.timeout_s

@@ -38,6 +38,7 @@ class SpillingSessions:
     _clock: Callable[[], float]
     _hooks: RemovalHooks
     _restoring: threading.Lock
+    _spilling: threading.Lock
     spill_store: SpillStore | None
     spill_min_bytes: int
     spill_idle_s: float
@@ -66,13 +67,18 @@ class SpillingSessions:
         store = self.spill_store
         if store is None or bytes_needed <= 0:
             return 0
+        # One round at a time: a second caller (the emergency while the ladder's thread
+        # writes) waits for it, then plans what is still in memory, instead of writing the
+        # same sessions again and finding them taken.
+        with self._spilling:
+            return self._spill_round(store, bytes_needed, min_idle_s)
+
+    def _spill_round(self, store: SpillStore, bytes_needed: int, min_idle_s: float | None) -> int:
         idle = self.spill_idle_s if min_idle_s is None else min_idle_s
         with self._lock:
             chosen = eviction_order(self._sessions.values(), bytes_needed, now=self._clock(),
                                     min_idle_s=idle)  # fmt: skip
-            plans = [
-                (s, s.version, spill_plan(s.data, self.spill_min_bytes, s.refs)) for s in chosen
-            ]
+            plans = [(s, s.version, self._plan(s)) for s in chosen]
         freed = 0
         for session, version, plan in plans:
             if freed >= bytes_needed:
@@ -120,7 +126,7 @@ class SpillingSessions:
                     return 0
                 version, plan = (
                     session.version,
-                    spill_plan(session.data, self.spill_min_bytes, session.refs),
+                    self._plan(session),
                 )
         return 0
 
