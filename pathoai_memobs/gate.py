@@ -4,8 +4,9 @@ A request that does not fit is not refused at once:
 
 1. **Free before refusing.** Memory that no active request needs goes first: expired
    sessions, then idle sessions' large buffers spilled to disk where a spill store is set
-   (nothing lost), then sessions idle for ``idle_free_s`` or more evicted (unpinned, least
-   recently used first), as many as the request lacks. Only one request frees at a time.
+   (nothing lost: with a store, nothing is evicted here), else sessions idle for
+   ``idle_free_s`` or more evicted (unpinned, least recently used first), as many as the
+   request lacks. Only one request frees at a time.
 2. **Wait in line** (``wait_s`` > 0): in arrival order, until memory is released or freed,
    or the wait runs out. Only the first in line may be admitted, so small requests cannot
    starve a large one (``admission.Admission.admit_locked``). A blocking wait sleeps on the
@@ -14,7 +15,10 @@ A request that does not fit is not refused at once:
 
 New work (a request for no existing session, ``new_work``) must also fit the session
 budget (``session_budget``), after freeing least recently used unpinned sessions; while it
-does not, it waits aside, and requests for existing sessions go ahead of it in line.
+does not, it waits aside, and requests for existing sessions go ahead of it in line. What
+it lacks beyond this worker's sessions it asks the other workers for through the shared
+ledger (``ledger.want``); each serves that from its own idle sessions (``serve_peers``,
+before each of its admissions and in its monitor's loop) and publishes what is left.
 
 The decisions are the admission's and ``session_accounting.eviction_order``'s; this module
 sequences them around fresh readings.
@@ -43,6 +47,9 @@ if TYPE_CHECKING:
 POLL_S = 0.1
 #: Sessions freed for the budget have been idle this long at least.
 BUDGET_IDLE_S = 0.25
+#: A want posted for other workers' sessions lasts this long unless renewed (a waiting
+#: request renews it at each look, every POLL_S).
+WANT_TTL_S = 1.0
 
 Observe = Callable[[Reading, int, bool, int], tuple[bool, int]]
 
@@ -111,6 +118,7 @@ class AdmissionGate:
         """The decision, as a generator that yields how long to wait before looking again;
         it returns the refusal (or None). Sync and async callers differ only in the wait."""
         self._admission.count_request()
+        self.serve_peers()  # another worker's new work may wait for sessions held here
         admitted, reading, reserved = self._try(required, hold, 0, new_work)
         if not admitted and self._free(required, reading, reserved):
             admitted, reading, reserved = self._try(required, hold, 0, new_work)
@@ -146,6 +154,7 @@ class AdmissionGate:
             yield
         finally:
             self._admission.release(required, self._clock() - started)
+            self._publish()
 
     @asynccontextmanager
     async def hold_async(
@@ -160,6 +169,17 @@ class AdmissionGate:
             yield
         finally:
             self._admission.release(required, self._clock() - started)
+            self._publish()
+
+    def _publish(self) -> None:
+        """Publish this worker's session bytes once a request ends (an upload made one): the
+        other workers' budgets would otherwise count it as the rest of the process until
+        this worker next decides."""
+        sessions = self._sessions()
+        if sessions is not None and self.budget.active:
+            ledger = self._admission.ledger
+            with ledger.transaction():
+                ledger.sessions(sessions.total_bytes)
 
     # -- steps ------------------------------------------------------------------------------
 
@@ -182,7 +202,8 @@ class AdmissionGate:
 
     def _within_budget(self, required: int, reading: Reading) -> bool:
         """Whether new work of ``required`` bytes fits the session budget, after freeing
-        least recently used unpinned sessions (reason "budget") to make it fit."""
+        least recently used unpinned sessions (spilled, else evicted with reason "budget")
+        to make it fit; what this worker cannot free it asks the other workers for."""
         sessions = self._sessions()
         if sessions is None or not self.budget.active:
             return True
@@ -190,13 +211,46 @@ class AdmissionGate:
         need = over_budget(held + reserved, required, budget)  # in flight may become sessions
         if need == 0:
             return True
-        with self._freeing:  # idle a moment at least: not one a request is filling now
-            freed = sessions.spill_idle(need, min_idle_s=BUDGET_IDLE_S)  # nothing lost
-            if freed < need:
-                freed += sessions.evict_least_recently_used(
-                    need - freed, reason="budget", min_idle_s=BUDGET_IDLE_S
-                )
+        with self._freeing:
+            freed = self._free_idle(sessions, need)
+        if freed < need:  # the rest are other workers' sessions: ask them (renewed per look)
+            ledger = self._admission.ledger
+            with ledger.transaction():
+                ledger.want(need - freed, time.monotonic(), WANT_TTL_S)
         return over_budget(held - freed + reserved, required, budget) == 0
+
+    def _free_idle(self, sessions: SessionManager, need: int) -> int:
+        """Free ``need`` bytes of this worker's sessions idle a moment at least (not one a
+        request is filling now): spilled where a store is set, and never evicted then, so
+        nothing is lost (new work waits or is refused instead); evicted otherwise."""
+        freed = sessions.spill_idle(need, min_idle_s=BUDGET_IDLE_S)
+        if freed < need and sessions.spill_store is None:
+            freed += sessions.evict_least_recently_used(
+                need - freed, reason="budget", min_idle_s=BUDGET_IDLE_S
+            )
+        return freed
+
+    def serve_peers(self) -> int:
+        """Free this worker's idle sessions for new work another worker is waiting with
+        (``ledger.want``), and publish what is left; the bytes freed. One mapped read when
+        nobody waits; called from the monitor's loop and before each admission here."""
+        sessions = self._sessions()
+        ledger = self._admission.ledger
+        if sessions is None or not self.budget.active or not ledger.wanted(time.monotonic()):
+            return 0
+        if not self._freeing.acquire(blocking=False):
+            return 0
+        try:
+            with ledger.transaction():
+                want = ledger.wanted(time.monotonic())
+            freed = self._free_idle(sessions, min(want, sessions.total_bytes)) if want else 0
+        finally:
+            self._freeing.release()
+        if freed:
+            with ledger.transaction():
+                ledger.served(freed)
+                ledger.sessions(sessions.total_bytes)  # the waiting worker sees it at once
+        return freed
 
     def budget_bytes(self) -> int | None:
         """The session budget at the last reading, over every worker (None while it is off
@@ -233,7 +287,7 @@ class AdmissionGate:
                 lacking, min_idle_s=min(self.idle_free_s, sessions.spill_idle_s)
             )
             before = sessions.removed_total("idle")
-            if spilled < lacking:
+            if spilled < lacking and sessions.spill_store is None:  # spilling: nothing lost
                 sessions.evict_least_recently_used(
                     lacking - spilled, reason="idle", min_idle_s=self.idle_free_s
                 )

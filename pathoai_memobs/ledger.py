@@ -14,6 +14,12 @@ must also see the others' reservations, or two admit the same bytes at once.
   taken belongs to a dead worker, and its bytes are released (``reap``). Record locks are
   per process, so threads and several monitors in one process share one open file (and its
   thread lock) and one slot, and a forked child claims a slot of its own.
+
+Sessions live in the worker that made them, so new work refused by one worker's session
+budget may be waiting for sessions another worker holds. It posts the bytes it lacks in the
+header (``want``: how many, and until when on the system-wide monotonic clock, renewed
+at each look while it waits); each worker serves such a want from its own idle sessions
+(``AdmissionGate.serve_peers``) and takes what it freed off it (``served``).
 """
 
 from __future__ import annotations
@@ -34,10 +40,11 @@ if TYPE_CHECKING:
     from .config import MemoryConfig
 
 MAGIC: Final = b"PATHOAIL"
-VERSION: Final = 2
+VERSION: Final = 3
 SLOTS: Final = 128
 HEADER: Final = struct.Struct("<8sII")  # magic, version, slots
 HEADER_SIZE: Final = 64
+WANT: Final = struct.Struct("<qd")  # at HEADER.size: session bytes wanted, until (monotonic)
 SLOT: Final = struct.Struct("<qqq")  # pid, bytes held, session bytes
 FILE_NAME: Final = "pathoai_ledger.bin"
 _ALL: Final = struct.Struct(f"<{3 * SLOTS}q")
@@ -52,6 +59,9 @@ class Ledger(Protocol):
     def reap(self) -> int: ...
     def forked(self) -> None: ...
     def sessions(self, own: int) -> int: ...
+    def want(self, nbytes: int, now: float, ttl_s: float) -> None: ...
+    def wanted(self, now: float) -> int: ...
+    def served(self, nbytes: int) -> None: ...
 
 
 class LocalLedger:
@@ -75,6 +85,15 @@ class LocalLedger:
     def sessions(self, own: int) -> int:
         """Session bytes of every process: here, this one's ``own``."""
         return own
+
+    def want(self, nbytes: int, now: float, ttl_s: float) -> None:
+        """No other process holds sessions: nothing to ask for."""
+
+    def wanted(self, now: float) -> int:
+        return 0
+
+    def served(self, nbytes: int) -> None:
+        """Nothing was asked."""
 
     def forked(self) -> None:
         self._bytes = 0  # the parent's requests did not come along
@@ -150,6 +169,22 @@ class _File:
         struct.pack_into("<q", self.map, self._offset(self.slot) + 16, own)
         return sum(_ALL.unpack_from(self.map, HEADER_SIZE)[2::3])
 
+    def want(self, nbytes: int, now: float, ttl_s: float) -> None:
+        """Ask the other workers for ``nbytes`` of their sessions for ``ttl_s`` from
+        ``now``: the larger of this and a want still current."""
+        wanted, until = WANT.unpack_from(self.map, HEADER.size)
+        current = wanted if now < until else 0
+        WANT.pack_into(self.map, HEADER.size, max(current, nbytes), max(until, now + ttl_s))
+
+    def wanted(self, now: float) -> int:
+        """Session bytes some worker's new work still waits for (0 once it expired)."""
+        wanted, until = WANT.unpack_from(self.map, HEADER.size)
+        return wanted if now < until else 0
+
+    def served(self, nbytes: int) -> None:
+        wanted, until = WANT.unpack_from(self.map, HEADER.size)
+        WANT.pack_into(self.map, HEADER.size, max(0, wanted - nbytes), until)
+
     def add(self, nbytes: int) -> None:
         offset = self._offset(self.slot) + 8
         (held,) = struct.unpack_from("<q", self.map, offset)
@@ -223,6 +258,15 @@ class SharedLedger:
     def sessions(self, own: int) -> int:
         """Publish this process's session bytes (``own``); every process's sum."""
         return self._file().sessions(own)
+
+    def want(self, nbytes: int, now: float, ttl_s: float) -> None:
+        self._file().want(nbytes, now, ttl_s)
+
+    def wanted(self, now: float) -> int:
+        return self._file().wanted(now)
+
+    def served(self, nbytes: int) -> None:
+        self._file().served(nbytes)
 
     def forked(self) -> None:
         """Nothing to renew here: the next call opens this process's own file and slot."""

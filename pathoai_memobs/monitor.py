@@ -163,6 +163,7 @@ class MemoryMonitor:
         self._observe(reading)
         try:
             self._actions.step(self._level, reading)
+            self._gate.serve_peers()  # sessions held here that another worker waits for
         except Exception as exc:
             self._errors.count("action", exc)
         t, r = self.thresholds.for_total(reading.total_bytes), reading

@@ -14,6 +14,7 @@ import http.client
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -178,11 +179,13 @@ def run_load(
     ledger: bool = True,
     env: dict[str, str] | None = None,
     slide_mb: tuple[int, int] = (150, 300),
+    spill: bool = True,
 ) -> dict[str, Any]:
     """Serve ``mode`` in a fresh cgroup of ``limit_bytes`` (``workers`` = 0: one uvicorn
     process, else gunicorn with that many) and drive ``clients`` for ``seconds``. ``burst``:
     uploads only; ``ledger``: the workers share one (set False to show what it prevents);
-    ``slide_mb``: the range of the clients' slide sizes."""
+    ``slide_mb``: the range of the clients' slide sizes; ``spill``: the library spills idle
+    sessions to a directory on disk (/var/tmp: /tmp may be tmpfs), removed afterwards."""
     group = create_memory_cgroup(limit_bytes, prefix="pathoai-load")
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="pathoai-load-") as shared:
@@ -191,6 +194,11 @@ def run_load(
             environ["MEMORY_LEDGER_DIR"] = shared
         if workers:  # the workaround's heavy semaphore spans the workers (lock files)
             environ.setdefault("SLIDE_HEAVY_LOCK_DIR", shared)
+        spill_dir = None
+        if spill and mode == "library" and "SESSION_SPILL_DIR" not in environ:
+            parent = "/var/tmp" if os.path.isdir("/var/tmp") else None
+            spill_dir = tempfile.mkdtemp(prefix="pathoai-load-spill-", dir=parent)
+            environ["SESSION_SPILL_DIR"] = spill_dir
         proc = group.popen(_server_argv(port, workers), cwd=ROOT, env=environ,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
         try:
@@ -227,6 +235,8 @@ def run_load(
             err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
             oom = group.oom_kills()
             group.remove()
+            if spill_dir is not None:
+                shutil.rmtree(spill_dir, ignore_errors=True)
     return summarize(mode, workers, seconds, tally, oom=oom, alive=alive, err=err)
 
 
