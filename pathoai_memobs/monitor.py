@@ -24,6 +24,7 @@ from .gate import AdmissionGate
 from .ledger import open_ledger
 from .level_actions import LevelActions, log_level_change
 from .pressure import Level, Thresholds, classify, headroom_bytes
+from .readers.charges import ChargeReader
 from .readers.psi import CachedPsi, Pressure
 from .readers.select import open_sampler
 from .reading import MemoryMetrics, Reading
@@ -71,6 +72,8 @@ class MemoryMonitor:
         self.thresholds = Thresholds.from_config(config)
         self._sampler = sampler if sampler is not None else open_sampler(source, root, LIMIT_TTL_S)
         self._sessions: SessionManager | None = None
+        self._root = root
+        self._charges: ChargeReader | None = None
         self._last: Reading | None = None
         self._level, self._last_good_wall, self._samples = Level.NORMAL, 0.0, 0
         self._errors = ErrorCounts()
@@ -312,6 +315,20 @@ class MemoryMonitor:
             raise ValueError(f"a cache named {cache.name!r} is registered already")
         self._cleanup.register(cache.clear, name=f"cache_{cache.name}", priority=50)
         self._actions.caches.append(cache)
+
+    def memory_breakdown(self) -> tuple[dict[str, int] | None, dict[str, int] | None]:
+        """What the memory is, read now (for exporters, at scrape time): the cgroup's charge
+        by kind (None outside a cgroup) and this process's resident memory by kind."""
+        if self._charges is None:
+            cgroup = getattr(self._sampler, "cgroup", None)
+            self._charges = ChargeReader(getattr(cgroup, "location", None), self._root)
+        return self._charges.charged(), self._charges.process()
+
+    def managed_bytes(self) -> int:
+        """Bytes this process's memory is accounted for: session bytes, reservations in
+        flight, and what registered bounded caches hold (Dask's "managed" memory)."""
+        sessions = self.sessions.total_bytes if self.sessions is not None else 0
+        return sessions + self.reserved_bytes + sum(c.nbytes for c in self._actions.caches)
 
     @property
     def caches(self) -> tuple[BoundedCache[Any, Any], ...]:

@@ -58,6 +58,9 @@ SPILL_REFUSAL_CAUSES: Final = ("budget", "disk_full", "memory_fs", "io_error")
 SPILL_OPERATIONS: Final = ("spill", "restore")
 CACHE_EVICTION_CAUSES: Final = ("bound", "pressure", "explicit")
 CACHE_RESULTS: Final = ("hit", "miss")
+#: Kinds of the memory breakdown (readers.charges), exported from the start.
+CHARGE_KINDS: Final = ("anon", "file_active", "file_inactive", "shmem", "kernel")
+PROCESS_KINDS: Final = ("anon", "file", "shmem")
 REMOVAL_REASONS: Final = ("timeout", "explicit", "emergency", "idle", "budget", "spill_corrupt")
 ERROR_PLACES: Final = ("sample", "action", "wakeups", "emergency_step", "emergency_run", "scrape")
 
@@ -100,6 +103,11 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
     Metric("pathoai_session_spill_duration_seconds", "histogram", "seconds", ("operation",), "Duration of each spill (one session's buffers written, synced, dropped from the page cache) and each restore (read back and checked), by operation.", "sum", otel=(OTel("pathoai.session.spill.duration", "s", "histogram", ("pathoai.spill.operation",)),)),
     Metric("pathoai_session_spill_disk_free_bytes", "gauge", "bytes", (), "Free bytes of the spill directory's filesystem (while spilling is on); spills stop short of SESSION_SPILL_MIN_FREE_PERCENT of its size.", "min", otel=(OTel("pathoai.session.spill.disk.free", "By", "gauge"),)),
     Metric("pathoai_session_spill_disk_size_bytes", "gauge", "bytes", (), "Size of the spill directory's filesystem (while spilling is on).", "max", otel=(OTel("pathoai.session.spill.disk.size", "By", "gauge"),)),
+    # what the memory is (read at scrape time)
+    Metric("pathoai_memory_charged_bytes", "gauge", "bytes", ("kind",), "The cgroup's memory charge by kind (memory.stat): anon, file_active, file_inactive (page cache the working set leaves out), shmem (tmpfs, /dev/shm), kernel (slab, sockets, page tables); absent outside a cgroup.", "max", otel=(OTel("pathoai.memory.charged", "By", "gauge", ("pathoai.memory.kind",)),)),
+    Metric("pathoai_process_memory_bytes", "gauge", "bytes", ("kind",), "This process's resident memory by kind (/proc/self/status): anon, file (mapped files), shmem.", "sum", otel=(OTel("pathoai.process.memory", "By", "gauge", ("pathoai.memory.kind",)),)),
+    Metric("pathoai_memory_managed_bytes", "gauge", "bytes", (), "Memory this process accounts for: session bytes, reservations in flight and what registered bounded caches hold.", "sum", otel=(OTel("pathoai.memory.managed", "By", "gauge"),)),
+    Metric("pathoai_memory_unmanaged_bytes", "gauge", "bytes", (), "This process's resident memory that nothing managed accounts for (resident set less managed, at least 0): the interpreter, libraries, models outside caches, leaks, the allocator's free lists.", "sum", otel=(OTel("pathoai.memory.unmanaged", "By", "gauge"),)),
     # bounded caches (BoundedCache, shrunk by the ladder)
     Metric("pathoai_cache_memory_bytes", "gauge", "bytes", ("cache",), "Bytes held by each registered bounded cache.", "sum", otel=(OTel("pathoai.cache.memory", "By", "updown", ("pathoai.cache.name",)),)),
     Metric("pathoai_cache_memory_limit_bytes", "gauge", "bytes", ("cache",), "Each registered bounded cache's bound.", "sum", otel=(OTel("pathoai.cache.memory.limit", "By", "updown", ("pathoai.cache.name",)),)),

@@ -268,6 +268,7 @@ def _gc_values(gc_manager: GarbageCollectionManager | None) -> dict[str, Values]
 def _monitor_values(m: MemoryMonitor) -> dict[str, Values]:
     reading = _Memo(lambda: m.last_reading if m.running and m.last_reading else m.sample())
     totals = _Memo(lambda: m.emergency_totals)
+    breakdown = _Memo(m.memory_breakdown)
     t = m.thresholds
 
     def fitted() -> Thresholds:
@@ -303,6 +304,16 @@ def _monitor_values(m: MemoryMonitor) -> dict[str, Values]:
         ),
         "pathoai_monitor_last_sample_timestamp_seconds": lambda: m.last_sample_timestamp,
         "pathoai_monitor_errors_total": lambda: _labelled(m.errors_total, ERROR_PLACES),
+        "pathoai_memory_charged_bytes": lambda: [
+            ((k,), n) for k, n in (breakdown()[0] or {}).items()
+        ],
+        "pathoai_process_memory_bytes": lambda: [
+            ((k,), n) for k, n in (breakdown()[1] or {}).items()
+        ],
+        "pathoai_memory_managed_bytes": m.managed_bytes,
+        "pathoai_memory_unmanaged_bytes": lambda: (
+            None if (p := breakdown()[1]) is None else max(0, sum(p.values()) - m.managed_bytes())
+        ),
         "pathoai_cache_memory_bytes": lambda: [((c.name,), c.nbytes) for c in m.caches],
         "pathoai_cache_memory_limit_bytes": lambda: [((c.name,), c.max_bytes) for c in m.caches],
         "pathoai_cache_evictions_total": lambda: [

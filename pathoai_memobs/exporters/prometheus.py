@@ -34,8 +34,10 @@ from ..session_manager import SIZE_BUCKETS
 from .catalogue import (
     BY_NAME,
     CACHE_EVICTION_CAUSES,
+    CHARGE_KINDS,
     ERROR_PLACES,
     GC_REASONS,
+    PROCESS_KINDS,
     REMOVAL_REASONS,
     SPILL_REFUSAL_CAUSES,
     family_name,
@@ -186,6 +188,7 @@ class MemobsCollector(Collector):
         yield from _admission(m)
         yield from _emergency(m)
         yield from _caches(m)
+        yield from _breakdown(m)
         yield _gauge("pathoai_monitor_last_sample_timestamp_seconds", m.last_sample_timestamp)
         yield _gauge("pathoai_monitor_interval_seconds", m.config.monitoring_interval_sec)
         yield _gauge("pathoai_monitor_running", 1 if m.running else 0)
@@ -244,6 +247,25 @@ def _spill(s: SessionManager) -> Iterator[Metric]:
         bounds = _bounds(s.spill_durations.bounds)
         hist.add_metric([op], list(zip(bounds, cumulative, strict=True)), total)
     yield hist
+
+
+def _breakdown(m: MemoryMonitor) -> Iterator[Metric]:
+    """What the memory is: the cgroup's charge and this process's memory by kind, managed
+    and unmanaged (read now: these files are read only when scraped)."""
+    charged, process = m.memory_breakdown()
+    if charged is not None:
+        family = _gauge("pathoai_memory_charged_bytes")
+        for kind in CHARGE_KINDS:
+            family.add_metric([kind], charged[kind])
+        yield family
+    managed = m.managed_bytes()
+    yield _gauge("pathoai_memory_managed_bytes", managed)
+    if process is not None:
+        family = _gauge("pathoai_process_memory_bytes")
+        for kind in PROCESS_KINDS:
+            family.add_metric([kind], process[kind])
+        yield family
+        yield _gauge("pathoai_memory_unmanaged_bytes", max(0, sum(process.values()) - managed))
 
 
 def _caches(m: MemoryMonitor) -> Iterator[Metric]:

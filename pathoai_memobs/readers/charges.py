@@ -1,0 +1,97 @@
+"""What the memory is: the cgroup's charge by kind (memory.stat, v1 and v2) and this
+process's resident memory by kind (/proc/self/status), read on demand (at scrape time,
+never on the monitor's hot path). Parsing is pure; ``ChargeReader`` does the reading, under
+a root path so tests point it at fixture trees.
+
+Kinds, a small fixed set so that they can be labels:
+
+- charged: ``anon`` (heap, numpy arrays), ``file_active`` and ``file_inactive`` (page
+  cache; inactive is what the working set leaves out), ``shmem`` (tmpfs, /dev/shm: memory,
+  though it looks like files), ``kernel`` (slab, sockets, page tables, kernel stacks);
+- process: ``anon``, ``file`` (mapped files: libraries, models loaded with mmap),
+  ``shmem``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+from ..exporters.catalogue import CHARGE_KINDS, PROCESS_KINDS
+from ._files import parse_flat_keyed
+from .cgroup import CgroupLocation
+
+__all__ = ["CHARGE_KINDS", "PROCESS_KINDS", "ChargeReader", "charges_v1", "charges_v2"]
+_V2_KERNEL: Final = ("slab", "sock", "pagetables", "kernel_stack", "percpu")
+
+
+def charges_v2(stat: dict[str, int]) -> dict[str, int]:
+    """The kinds from a v2 ``memory.stat`` (bytes). ``kernel`` is the kernel's own total
+    where it reports one (5.18 and later), else the sum of its parts."""
+    if "slab" not in stat:
+        stat = {**stat, "slab": stat.get("slab_reclaimable", 0) + stat.get("slab_unreclaimable", 0)}
+    kernel = stat.get("kernel", sum(stat.get(k, 0) for k in _V2_KERNEL))
+    return {
+        "anon": stat.get("anon", 0),
+        "file_active": stat.get("active_file", 0),
+        "file_inactive": stat.get("inactive_file", 0),
+        "shmem": stat.get("shmem", 0),
+        "kernel": kernel,
+    }
+
+
+def charges_v1(stat: dict[str, int], kmem: int | None) -> dict[str, int]:
+    """The kinds from a v1 ``memory.stat`` (the hierarchical ``total_*`` keys) and
+    ``memory.kmem.usage_in_bytes`` where the kernel accounts it (0 where it does not)."""
+    return {
+        "anon": stat.get("total_rss", stat.get("rss", 0)),
+        "file_active": stat.get("total_active_file", stat.get("active_file", 0)),
+        "file_inactive": stat.get("total_inactive_file", stat.get("inactive_file", 0)),
+        "shmem": stat.get("total_shmem", stat.get("shmem", 0)),
+        "kernel": kmem or 0,
+    }
+
+
+def process_kinds(status: str) -> dict[str, int]:
+    """RssAnon, RssFile and RssShmem from ``/proc/<pid>/status`` (kB there), in bytes."""
+    found = dict.fromkeys(PROCESS_KINDS, 0)
+    names = {"RssAnon:": "anon", "RssFile:": "file", "RssShmem:": "shmem"}
+    for line in status.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] in names:
+            found[names[parts[0]]] = int(parts[1]) * 1024
+    return found
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+class ChargeReader:
+    """Reads the charge breakdown of one cgroup (None outside one) and of one process."""
+
+    def __init__(self, location: CgroupLocation | None, root: str = "/", pid: str = "self") -> None:
+        self.location = location
+        self.status_path = os.path.join(root, "proc", pid, "status")
+
+    def charged(self) -> dict[str, int] | None:
+        """The cgroup's charge by kind, or None where there is no cgroup or no stat file."""
+        if self.location is None:
+            return None
+        text = _read(os.path.join(self.location.directory, "memory.stat"))
+        if text is None:
+            return None
+        stat = parse_flat_keyed(text.encode())
+        if self.location.source == "cgroup_v2":
+            return charges_v2(stat)
+        kmem = _read(os.path.join(self.location.directory, "memory.kmem.usage_in_bytes"))
+        return charges_v1(stat, int(kmem) if kmem and kmem.strip().isdigit() else None)
+
+    def process(self) -> dict[str, int] | None:
+        """This process's resident memory by kind (None where /proc has no status)."""
+        text = _read(self.status_path)
+        return None if text is None else process_kinds(text)
