@@ -319,10 +319,20 @@ class MemoryMonitor:
     def memory_breakdown(self) -> tuple[dict[str, int] | None, dict[str, int] | None]:
         """What the memory is, read now (for exporters, at scrape time): the cgroup's charge
         by kind (None outside a cgroup) and this process's resident memory by kind."""
+        reader = self._charge_reader()
+        return reader.charged(), reader.process()
+
+    def _charge_reader(self) -> ChargeReader:
+        """The breakdown's reader, over the sampler's cgroup (made on first use)."""
         if self._charges is None:
             cgroup = getattr(self._sampler, "cgroup", None)
             self._charges = ChargeReader(getattr(cgroup, "location", None), self._root)
-        return self._charges.charged(), self._charges.process()
+        return self._charges
+
+    def oom_kills(self) -> int | None:
+        """Processes the OOM killer took in this cgroup (or on the host outside one), read
+        now; None where the kernel does not say."""
+        return self._charge_reader().oom_kills()
 
     def managed_bytes(self) -> int:
         """Bytes this process's memory is accounted for: session bytes, reservations in

@@ -68,6 +68,9 @@ def test_the_reader_reads_fixture_trees_and_says_none_where_there_is_nothing(
     assert process is not None and process["file"] == 90000 * 1024
     v1 = v1_tree(tmp_path / "v1", limits={"/": str(2 * GIB)}, usage=900 * MIB, inactive_file=0)
     assert ChargeReader(None, str(v1)).charged() is None  # no cgroup: nothing to say
+    assert reader.oom_kills() == 1
+    (v1 / "proc/vmstat").write_text("pgfault 10\noom_kill 4\n")
+    assert ChargeReader(None, str(v1)).oom_kills() == 4  # outside a cgroup: the host's
     assert ChargeReader(None, str(tmp_path / "none")).process() is None
 
 
@@ -92,5 +95,6 @@ def test_managed_and_unmanaged_memory_and_the_breakdown_are_exported(tmp_path: P
     assert value("pathoai_memory_charged_bytes", {"kind": "kernel"}) == 30 * MIB
     assert value("pathoai_process_memory_bytes", {"kind": "anon"}) == 800000 * 1024
     assert value("pathoai_memory_unmanaged_bytes") == 900000 * 1024 - managed
+    assert value("pathoai_oom_kills_total") == 1  # memory.events: oom_kill 1
     with monitor.reserve(10):
         assert value("pathoai_memory_managed_bytes") == managed + 10 * MIB

@@ -311,6 +311,7 @@ def _monitor_values(m: MemoryMonitor) -> dict[str, Values]:
             ((k,), n) for k, n in (breakdown()[1] or {}).items()
         ],
         "pathoai_memory_managed_bytes": m.managed_bytes,
+        "pathoai_oom_kills_total": m.oom_kills,
         "pathoai_memory_unmanaged_bytes": lambda: (
             None if (p := breakdown()[1]) is None else max(0, sum(p.values()) - m.managed_bytes())
         ),

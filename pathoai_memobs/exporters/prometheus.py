@@ -258,6 +258,9 @@ def _breakdown(m: MemoryMonitor) -> Iterator[Metric]:
         for kind in CHARGE_KINDS:
             family.add_metric([kind], charged[kind])
         yield family
+    kills = m.oom_kills()
+    if kills is not None:
+        yield _counter("pathoai_oom_kills_total", kills)
     managed = m.managed_bytes()
     yield _gauge("pathoai_memory_managed_bytes", managed)
     if process is not None:

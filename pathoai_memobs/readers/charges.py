@@ -3,6 +3,9 @@ process's resident memory by kind (/proc/self/status), read on demand (at scrape
 never on the monitor's hot path). Parsing is pure; ``ChargeReader`` does the reading, under
 a root path so tests point it at fixture trees.
 
+And the OOM killer's count (``oom_kills``): a kill of a sibling process in the container is
+otherwise invisible to the exporter, though the kernel counts it.
+
 Kinds, a small fixed set so that they can be labels:
 
 - charged: ``anon`` (heap, numpy arrays), ``file_active`` and ``file_inactive`` (page
@@ -77,6 +80,7 @@ class ChargeReader:
     def __init__(self, location: CgroupLocation | None, root: str = "/", pid: str = "self") -> None:
         self.location = location
         self.status_path = os.path.join(root, "proc", pid, "status")
+        self.vmstat_path = os.path.join(root, "proc", "vmstat")
 
     def charged(self) -> dict[str, int] | None:
         """The cgroup's charge by kind, or None where there is no cgroup or no stat file."""
@@ -90,6 +94,19 @@ class ChargeReader:
             return charges_v2(stat)
         kmem = _read(os.path.join(self.location.directory, "memory.kmem.usage_in_bytes"))
         return charges_v1(stat, int(kmem) if kmem and kmem.strip().isdigit() else None)
+
+    def oom_kills(self) -> int | None:
+        """Processes the OOM killer took: in this cgroup (``oom_kill`` in memory.events or
+        memory.oom_control, siblings included), else on the host (/proc/vmstat); None where
+        neither says."""
+        if self.location is not None:
+            name = "memory.oom_control" if self.location.source == "cgroup_v1" else "memory.events"
+            text = _read(os.path.join(self.location.directory, name))
+        else:
+            text = _read(self.vmstat_path)
+        if text is None:
+            return None
+        return parse_flat_keyed(text.encode()).get("oom_kill")
 
     def process(self) -> dict[str, int] | None:
         """This process's resident memory by kind (None where /proc has no status)."""
