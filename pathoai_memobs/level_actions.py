@@ -17,8 +17,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
+from .allocator import TRIM_EVERY_S, Allocator, arenas_too_many, should_trim
 from .bounded_cache import BoundedCache, shares
 from .logging import (
+    ALLOCATOR_ARENAS_HIGH,
+    ALLOCATOR_TRIMMED,
     CACHES_SHRUNK,
     INFO,
     LEVEL_CHANGED,
@@ -65,6 +68,10 @@ class LevelActions:
         self.caches: list[BoundedCache[object, object]] = []
         self._next_shrink = 0.0
         self._spilling: threading.Thread | None = None
+        self.allocator = Allocator()
+        self._next_trim = 0.0
+        self._session_bytes = 0
+        self._arenas_told = False
 
     def step(self, level: Level, reading: Reading) -> None:
         """The ladder's steps for ``reading`` (caches, spilling), then ``act``."""
@@ -73,7 +80,36 @@ class LevelActions:
             todo = ladder_steps(level, reading.used_bytes, reading.total_bytes, t)
             shrunk = self._shrink(level, todo.shrink_bytes)
             self._spill(level, todo.spill_bytes - shrunk)
+        self._trim(level)
         self.act(level)
+
+    def _trim(self, level: Level) -> None:
+        """Give the allocator's free heap back to the kernel (``allocator.should_trim``):
+        looked at every ``TRIM_EVERY_S`` at WARNING and above, or at once after sessions of
+        the threshold's size went. In the monitor's thread: never on a request's path."""
+        sessions = self._sessions()
+        held = sessions.total_bytes if sessions is not None else 0
+        removed, self._session_bytes = max(0, self._session_bytes - held), held
+        now = self._clock()
+        pressed = level >= Level.WARNING and now >= self._next_trim
+        if not self.allocator.available or not (pressed or removed >= 64 << 20):
+            return
+        self._next_trim = now + TRIM_EVERY_S
+        heap = self.allocator.heap()
+        if heap is None or not should_trim(heap.free, pressed=pressed, removed_bytes=removed):
+            return
+        returned = self.allocator.trim()
+        emit(INFO, ALLOCATOR_TRIMMED, pressure_level=level.name, free_bytes=heap.free,
+             returned_bytes=returned)  # fmt: skip
+        arenas = self.allocator.arenas()
+        if (
+            arenas is not None
+            and not self._arenas_told
+            and arenas_too_many(arenas, threading.active_count())
+        ):
+            self._arenas_told = True
+            emit(WARNING, ALLOCATOR_ARENAS_HIGH, arenas=arenas, threads=threading.active_count(),
+                 advice="set MALLOC_ARENA_MAX=2 (docs/pressure.md)")  # fmt: skip
 
     def _shrink(self, level: Level, excess: int) -> int:
         """Shrink the caches by their shares of ``excess`` (throttled); the bytes evicted."""

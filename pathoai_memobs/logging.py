@@ -49,6 +49,8 @@ ROUTE_NEVER_FITS: Final = "route_never_fits"
 CACHES_SHRUNK: Final = "caches_shrunk"
 SESSIONS_SPILLED: Final = "sessions_spilled"
 SPILL_REFUSED: Final = "spill_refused"
+ALLOCATOR_TRIMMED: Final = "allocator_trimmed"
+ALLOCATOR_ARENAS_HIGH: Final = "allocator_arenas_high"
 
 Format = Literal["auto", "json", "console"]
 

@@ -32,6 +32,7 @@ from .sampling_loop import Sampler, SamplingLoop
 from .units import non_negative, to_bytes_mb
 
 if TYPE_CHECKING:
+    from .allocator import Allocator
     from .bounded_cache import BoundedCache
     from .gc_manager import GarbageCollectionManager
     from .session_manager import SessionManager
@@ -328,6 +329,11 @@ class MemoryMonitor:
             cgroup = getattr(self._sampler, "cgroup", None)
             self._charges = ChargeReader(getattr(cgroup, "location", None), self._root)
         return self._charges
+
+    @property
+    def allocator(self) -> Allocator:
+        """The C allocator's state and trims (the ladder trims at WARNING and above)."""
+        return self._actions.allocator
 
     def oom_kills(self) -> int | None:
         """Processes the OOM killer took in this cgroup (or on the host outside one), read

@@ -61,6 +61,7 @@ CACHE_RESULTS: Final = ("hit", "miss")
 #: Kinds of the memory breakdown (readers.charges), exported from the start.
 CHARGE_KINDS: Final = ("anon", "file_active", "file_inactive", "shmem", "kernel")
 PROCESS_KINDS: Final = ("anon", "file", "shmem")
+HEAP_STATES: Final = ("in_use", "free", "mmapped")
 REMOVAL_REASONS: Final = ("timeout", "explicit", "emergency", "idle", "budget", "spill_corrupt")
 ERROR_PLACES: Final = ("sample", "action", "wakeups", "emergency_step", "emergency_run", "scrape")
 
@@ -107,6 +108,10 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
     Metric("pathoai_memory_charged_bytes", "gauge", "bytes", ("kind",), "The cgroup's memory charge by kind (memory.stat): anon, file_active, file_inactive (page cache the working set leaves out), shmem (tmpfs, /dev/shm), kernel (slab, sockets, page tables); absent outside a cgroup.", "max", otel=(OTel("pathoai.memory.charged", "By", "gauge", ("pathoai.memory.kind",)),)),
     Metric("pathoai_process_memory_bytes", "gauge", "bytes", ("kind",), "This process's resident memory by kind (/proc/self/status): anon, file (mapped files), shmem.", "sum", otel=(OTel("pathoai.process.memory", "By", "gauge", ("pathoai.memory.kind",)),)),
     Metric("pathoai_oom_kills_total", "counter", "", (), "Processes the OOM killer took in this container (memory.events / memory.oom_control oom_kill, siblings of this process included), or on the host outside a cgroup.", "max", otel=(OTel("pathoai.oom.kills", "{process}", "counter"),)),
+    Metric("pathoai_allocator_heap_bytes", "gauge", "bytes", ("state",), "glibc malloc's bytes (mallinfo2): in_use, free (held in its heaps: what malloc_trim may return), mmapped; absent where the C library is not glibc.", "sum", otel=(OTel("pathoai.allocator.heap", "By", "gauge", ("pathoai.allocator.state",)),)),
+    Metric("pathoai_allocator_arenas", "gauge", "", (), "glibc malloc's arenas (malloc_info); far more than the threads need means MALLOC_ARENA_MAX would help.", "sum", otel=(OTel("pathoai.allocator.arenas", "{arena}", "gauge"),)),
+    Metric("pathoai_allocator_trims_total", "counter", "", (), "malloc_trim(0) calls by the ladder (at WARNING and above, or after large session removals, with at least 64 MiB free in the heaps).", "sum", otel=(OTel("pathoai.allocator.trims", "{trim}", "counter"),)),
+    Metric("pathoai_allocator_trimmed_bytes_total", "counter", "bytes", (), "Resident bytes those trims returned to the kernel.", "sum", otel=(OTel("pathoai.allocator.trimmed", "By", "counter"),)),
     Metric("pathoai_memory_managed_bytes", "gauge", "bytes", (), "Memory this process accounts for: session bytes, reservations in flight and what registered bounded caches hold.", "sum", otel=(OTel("pathoai.memory.managed", "By", "gauge"),)),
     Metric("pathoai_memory_unmanaged_bytes", "gauge", "bytes", (), "This process's resident memory that nothing managed accounts for (resident set less managed, at least 0): the interpreter, libraries, models outside caches, leaks, the allocator's free lists.", "sum", otel=(OTel("pathoai.memory.unmanaged", "By", "gauge"),)),
     # bounded caches (BoundedCache, shrunk by the ladder)

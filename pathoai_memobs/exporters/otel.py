@@ -37,6 +37,7 @@ from .catalogue import (
     ERROR_PLACES,
     GC_REASONS,
     GEN,
+    HEAP_STATES,
     OTEL_ONLY,
     REMOVAL_REASONS,
     SPILL_REFUSAL_CAUSES,
@@ -269,6 +270,7 @@ def _monitor_values(m: MemoryMonitor) -> dict[str, Values]:
     reading = _Memo(lambda: m.last_reading if m.running and m.last_reading else m.sample())
     totals = _Memo(lambda: m.emergency_totals)
     breakdown = _Memo(m.memory_breakdown)
+    heap = _Memo(m.allocator.heap)
     t = m.thresholds
 
     def fitted() -> Thresholds:
@@ -312,6 +314,14 @@ def _monitor_values(m: MemoryMonitor) -> dict[str, Values]:
         ],
         "pathoai_memory_managed_bytes": m.managed_bytes,
         "pathoai_oom_kills_total": m.oom_kills,
+        "pathoai_allocator_heap_bytes": lambda: [
+            ((state,), n) for state, n in zip(HEAP_STATES, heap() or (), strict=False)
+        ],
+        "pathoai_allocator_arenas": m.allocator.arenas,
+        "pathoai_allocator_trims_total": lambda: m.allocator.trims if heap() else None,
+        "pathoai_allocator_trimmed_bytes_total": lambda: (
+            m.allocator.trimmed_bytes if heap() else None
+        ),
         "pathoai_memory_unmanaged_bytes": lambda: (
             None if (p := breakdown()[1]) is None else max(0, sum(p.values()) - m.managed_bytes())
         ),

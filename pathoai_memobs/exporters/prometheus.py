@@ -37,6 +37,7 @@ from .catalogue import (
     CHARGE_KINDS,
     ERROR_PLACES,
     GC_REASONS,
+    HEAP_STATES,
     PROCESS_KINDS,
     REMOVAL_REASONS,
     SPILL_REFUSAL_CAUSES,
@@ -258,6 +259,18 @@ def _breakdown(m: MemoryMonitor) -> Iterator[Metric]:
         for kind in CHARGE_KINDS:
             family.add_metric([kind], charged[kind])
         yield family
+    allocator = m.allocator
+    heap = allocator.heap()
+    if heap is not None:
+        family = _gauge("pathoai_allocator_heap_bytes")
+        for state, nbytes in zip(HEAP_STATES, heap, strict=True):
+            family.add_metric([state], nbytes)
+        yield family
+        arenas = allocator.arenas()
+        if arenas is not None:
+            yield _gauge("pathoai_allocator_arenas", arenas)
+        yield _counter("pathoai_allocator_trims_total", allocator.trims)
+        yield _counter("pathoai_allocator_trimmed_bytes_total", allocator.trimmed_bytes)
     kills = m.oom_kills()
     if kills is not None:
         yield _counter("pathoai_oom_kills_total", kills)
