@@ -37,6 +37,14 @@ if TYPE_CHECKING:
     from .gc_manager import GarbageCollectionManager
     from .session_manager import SessionManager
 
+
+def split_of(managed: int, reading: Reading) -> dict[str, int]:
+    """The ``managed_bytes`` / ``unmanaged_bytes`` fields of an event: what this process
+    accounts for, and the rest of its resident set."""
+    return {"managed_bytes": managed,
+            "unmanaged_bytes": max(0, reading.process_rss_bytes - managed)}  # fmt: skip
+
+
 #: Emergency runs kept one by one for exporters that record each run.
 RUN_LOG = 64
 WORKER_NAME = "pathoai-emergency-cleanup"
@@ -59,8 +67,10 @@ class EmergencyCleanup:
         cooldown_s: float,
         callback_budget_s: float,
         clock: Callable[[], float] = time.monotonic,
+        managed: Callable[[], int] = lambda: 0,
     ) -> None:
         self._sample = sample
+        self._managed = managed  # the monitor's managed bytes, for the event
         self.target_bytes = target_bytes
         self._sessions = sessions
         self._gc_manager = gc_manager
@@ -205,6 +215,7 @@ class EmergencyCleanup:
             duration_s=round(run.duration_s, 4),
             available_before=run.available_before,
             available_after=run.available_after,
+            **split_of(self._managed(), self._sample()),
             steps=[
                 {"name": s.name, "freed_bytes": s.freed_bytes, "duration_s": round(s.duration_s, 4)}
                 | ({} if s.ok else {s.status.value: True})

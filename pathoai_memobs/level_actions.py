@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 from .allocator import TRIM_EVERY_S, Allocator, arenas_too_many, should_trim
 from .bounded_cache import BoundedCache, shares
+from .emergency_cleanup import split_of
 from .logging import (
     ALLOCATOR_ARENAS_HIGH,
     ALLOCATOR_TRIMMED,
@@ -177,8 +178,9 @@ def _spill_round(sessions: SessionManager, excess: int, level: Level) -> None:
              duration_s=round(time.monotonic() - started, 3))  # fmt: skip
 
 
-def log_level_change(previous: Level, level: Level, reading: Reading) -> None:
-    """The ``memory_level_changed`` event: a warning going up the ladder, info coming down."""
+def log_level_change(previous: Level, level: Level, reading: Reading, managed: int = 0) -> None:
+    """The ``memory_level_changed`` event: a warning going up the ladder, info coming down,
+    with what this process manages and what it does not (``managed``: its managed bytes)."""
     emit(
         WARNING if level > previous else INFO,
         LEVEL_CHANGED,
@@ -188,4 +190,5 @@ def log_level_change(previous: Level, level: Level, reading: Reading) -> None:
         available_bytes=reading.available_bytes,
         total_bytes=reading.total_bytes,
         source=reading.source,
+        **split_of(managed, reading),
     )

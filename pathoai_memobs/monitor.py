@@ -90,6 +90,7 @@ class MemoryMonitor:
             cooldown_s=emergency_cooldown_s,
             callback_budget_s=callback_budget_s,
             clock=clock,
+            managed=self.managed_bytes,
         )
         gc_every = proactive_gc_interval_s
         self._actions = LevelActions(
@@ -160,7 +161,7 @@ class MemoryMonitor:
                 level, reading.available_bytes, required, hold=hold, ticket=ticket
             )
         if level is not previous:
-            log_level_change(previous, level, reading)
+            log_level_change(previous, level, reading, self.managed_bytes())
         return admitted, reserved
 
     def _step(self, reading: Reading) -> int:  # observe, act; the headroom to the next rung

@@ -4,6 +4,7 @@ v1 and v2 fixture trees), managed against unmanaged memory, exported at scrape t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -14,6 +15,7 @@ from pathoai_memobs.readers.cgroup import CgroupLocation
 from pathoai_memobs.readers.charges import ChargeReader, charges_v1, charges_v2, process_kinds
 
 from .fstree import GIB, MIB, v1_tree, v2_tree
+from .scripted import Scripted, events, wait_for
 
 V2_STAT = (
     "anon 734003200\nfile 209715200\nkernel 31457280\nkernel_stack 1048576\n"
@@ -98,3 +100,22 @@ def test_managed_and_unmanaged_memory_and_the_breakdown_are_exported(tmp_path: P
     assert value("pathoai_oom_kills_total") == 1  # memory.events: oom_kill 1
     with monitor.reserve(10):
         assert value("pathoai_memory_managed_bytes") == managed + 10 * MIB
+
+
+def test_level_changes_and_emergencies_say_what_is_managed(caplog: Any) -> None:
+    s = Scripted(8 * GIB, total=8 * GIB)
+    sessions = SessionManager()
+    s.sessions = sessions
+    m = MemoryMonitor(MemoryConfig(enable_background_monitoring=False), sampler=s,
+                      sessions=sessions, emergency_cooldown_s=0)  # fmt: skip
+    sid = sessions.create_session()
+    sessions.update_session(sid, slide=np.ones(16 * MIB, np.uint8))
+    caplog.set_level("INFO", logger="pathoai_memobs")
+    s.available = 300 * MIB  # under the floor
+    m.tick()
+    (changed,) = events(caplog, "memory_level_changed")
+    assert changed["managed_bytes"] == sessions.total_bytes
+    assert changed["unmanaged_bytes"] >= 0
+    wait_for(lambda: events(caplog, "emergency_cleanup"))  # the level started one
+    run = events(caplog, "emergency_cleanup")[0]
+    assert "managed_bytes" in run and "unmanaged_bytes" in run
