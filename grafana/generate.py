@@ -318,6 +318,67 @@ def overview() -> dict[str, Any]:
             min=0,
         )
     )
+    lay.row("What the memory is")
+    lay.add(
+        timeseries(
+            "Charged memory by kind",
+            "bytes",
+            [target(f"pathoai_memory_charged_bytes{{{SEL}}}", "{{instance}} {{kind}}")],
+            "The container's charge (memory.stat): anon (heaps, arrays), file_active and"
+            " file_inactive (page cache; the working set leaves inactive out), shmem (tmpfs,"
+            " /dev/shm: memory), kernel.",
+            min=0,
+            custom={"stacking": {"mode": "normal"}, "fillOpacity": 30},
+        )
+    )
+    lay.add(
+        timeseries(
+            "Managed and unmanaged memory",
+            "bytes",
+            [
+                target(f"pathoai_memory_managed_bytes{{{SEL}}}", "managed {{instance}}"),
+                target(f"pathoai_memory_unmanaged_bytes{{{SEL}}}", "unmanaged {{instance}}"),
+            ],
+            "Managed: session bytes, reservations and bounded caches. Unmanaged: the rest of"
+            " the resident set (interpreter, libraries, models outside caches, leaks, malloc's"
+            " free lists). Unmanaged growing is what to look at first.",
+            min=0,
+        )
+    )
+    lay.add(
+        timeseries(
+            "Process memory by kind",
+            "bytes",
+            [target(f"pathoai_process_memory_bytes{{{SEL}}}", "{{instance}} {{kind}}")],
+            "Each process's resident memory (/proc/self/status): anon, file (mapped files,"
+            " mmapped models), shmem.",
+            min=0,
+        )
+    )
+    lay.add(
+        timeseries(
+            "Allocator heap",
+            "bytes",
+            [target(f"pathoai_allocator_heap_bytes{{{SEL}}}", "{{instance}} {{state}}")],
+            "glibc malloc: in use, free in its heaps (what malloc_trim may return; the ladder"
+            " trims it at WARNING), mmapped. Much free heap with many arenas: MALLOC_ARENA_MAX=2.",
+            min=0,
+        )
+    )
+    lay.add(
+        timeseries(
+            "OOM kills",
+            "short",
+            [
+                target(
+                    f"increase(pathoai_oom_kills_total{{{SEL}}}[$__rate_interval])",
+                    "{{instance}}",
+                )
+            ],
+            "Processes the kernel's OOM killer took in the container (siblings included).",
+            min=0,
+        )
+    )
     lay.row("Spilling and caches")
     lay.add(
         timeseries(
