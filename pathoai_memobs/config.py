@@ -32,12 +32,13 @@ ENV_VARS: Final[Mapping[str, str]] = MappingProxyType(
         "spill_min_free_percent": "SESSION_SPILL_MIN_FREE_PERCENT",
         "spill_idle_minutes": "SESSION_SPILL_IDLE_MINUTES",
         "spill_min_buffer_mb": "SESSION_SPILL_MIN_BUFFER_MB",
+        "state_dir": "MEMORY_STATE_DIR",
     }
 )
 #: Where ``ledger_dir`` comes from when MEMORY_LEDGER_DIR is unset: the multiprocess
 #: directory, which every worker of a gunicorn/uvicorn service already shares.
 LEDGER_FALLBACK_VAR: Final = "PROMETHEUS_MULTIPROC_DIR"
-_STR_FIELDS: Final = ("ledger_dir", "spill_dir")
+_STR_FIELDS: Final = ("ledger_dir", "spill_dir", "state_dir")
 
 _TRUE: Final = frozenset({"true", "1", "yes"})
 _FALSE: Final = frozenset({"false", "0", "no"})
@@ -143,6 +144,10 @@ class MemoryConfig:
     spill_min_free_percent: float = 10.0
     spill_idle_minutes: float = 0.5
     spill_min_buffer_mb: float = 4.0
+    #: Beyond the reference: where the monitor keeps its post-mortem file (the last
+    #: readings, level changes and emergency runs), read back at the next start to say how
+    #: the previous run ended; "" = off.
+    state_dir: str = ""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

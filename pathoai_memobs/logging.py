@@ -51,6 +51,7 @@ SESSIONS_SPILLED: Final = "sessions_spilled"
 SPILL_REFUSED: Final = "spill_refused"
 ALLOCATOR_TRIMMED: Final = "allocator_trimmed"
 ALLOCATOR_ARENAS_HIGH: Final = "allocator_arenas_high"
+PREVIOUS_RUN: Final = "previous_run"
 
 Format = Literal["auto", "json", "console"]
 

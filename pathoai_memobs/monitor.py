@@ -23,6 +23,7 @@ from .errors import ErrorCounts
 from .gate import AdmissionGate
 from .ledger import open_ledger
 from .level_actions import LevelActions, log_level_change
+from .postmortem import Keeper
 from .pressure import Level, Thresholds, classify, headroom_bytes
 from .readers.charges import ChargeReader
 from .readers.psi import CachedPsi, Pressure
@@ -123,6 +124,11 @@ class MemoryMonitor:
             floor=lambda total: self.thresholds.for_total(total).floor_bytes,
         )
         self.sessions = sessions
+        self._postmortem = (
+            Keeper(config, self.oom_kills, self.emergency_runs_since, self._errors.count)
+            if config.state_dir
+            else None
+        )
         if config.enable_background_monitoring:
             self.start()
 
@@ -166,6 +172,8 @@ class MemoryMonitor:
 
     def _step(self, reading: Reading) -> int:  # observe, act; the headroom to the next rung
         self._observe(reading)
+        if self._postmortem is not None:
+            self._postmortem.keep(reading, self._level)
         try:
             self._actions.step(self._level, reading)
             self._gate.serve_peers()  # sessions held here that another worker waits for
@@ -272,8 +280,18 @@ class MemoryMonitor:
         self._loop.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop the sampling thread and wait for it (idempotent)."""
+        """Stop the sampling thread and wait for it (idempotent); the post-mortem file, where
+        kept, says this run stopped cleanly."""
+        was_running = self._loop.running
         self._loop.stop(timeout_s)
+        last = self.last_reading
+        if self._postmortem is not None and was_running and last is not None:
+            self._postmortem.keep(last, self._level, clean_stop=True)
+
+    @property
+    def previous_run(self) -> dict[str, object] | None:
+        """How the latest earlier run in ``state_dir`` ended (``postmortem.ending``)."""
+        return None if self._postmortem is None else self._postmortem.previous_run
 
     def __enter__(self) -> MemoryMonitor:
         self.start()

@@ -314,6 +314,9 @@ def _monitor_values(m: MemoryMonitor) -> dict[str, Values]:
         ],
         "pathoai_memory_managed_bytes": m.managed_bytes,
         "pathoai_oom_kills_total": m.oom_kills,
+        "pathoai_previous_run_info": lambda: (
+            [] if (p := m.previous_run) is None else [((str(p["ending"]), str(p["last_level"])), 1)]
+        ),
         "pathoai_allocator_heap_bytes": lambda: [
             ((state,), n) for state, n in zip(HEAP_STATES, heap() or (), strict=False)
         ],

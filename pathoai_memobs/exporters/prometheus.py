@@ -271,6 +271,11 @@ def _breakdown(m: MemoryMonitor) -> Iterator[Metric]:
             yield _gauge("pathoai_allocator_arenas", arenas)
         yield _counter("pathoai_allocator_trims_total", allocator.trims)
         yield _counter("pathoai_allocator_trimmed_bytes_total", allocator.trimmed_bytes)
+    previous = m.previous_run
+    if previous is not None:
+        family = _gauge("pathoai_previous_run_info")
+        family.add_metric([str(previous["ending"]), str(previous["last_level"])], 1)
+        yield family
     kills = m.oom_kills()
     if kills is not None:
         yield _counter("pathoai_oom_kills_total", kills)
