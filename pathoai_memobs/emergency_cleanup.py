@@ -39,10 +39,9 @@ if TYPE_CHECKING:
 
 
 def split_of(managed: int, reading: Reading) -> dict[str, int]:
-    """The ``managed_bytes`` / ``unmanaged_bytes`` fields of an event: what this process
-    accounts for, and the rest of its resident set."""
-    return {"managed_bytes": managed,
-            "unmanaged_bytes": max(0, reading.process_rss_bytes - managed)}  # fmt: skip
+    """The ``managed_bytes`` / ``unmanaged_bytes`` fields of an event: what is accounted
+    for, and the rest of the working set."""
+    return {"managed_bytes": managed, "unmanaged_bytes": max(0, reading.used_bytes - managed)}
 
 
 #: Emergency runs kept one by one for exporters that record each run.

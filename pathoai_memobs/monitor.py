@@ -16,6 +16,7 @@ from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from .admission import Admission
+from .breakdown import Breakdown
 from .config import MemoryConfig
 from .emergency import EmergencyRun, EmergencyTotals
 from .emergency_cleanup import EmergencyCleanup
@@ -25,7 +26,6 @@ from .ledger import open_ledger
 from .level_actions import LevelActions, log_level_change
 from .postmortem import Keeper
 from .pressure import Level, Thresholds, classify, headroom_bytes
-from .readers.charges import ChargeReader
 from .readers.psi import CachedPsi, Pressure
 from .readers.select import open_sampler
 from .reading import MemoryMetrics, Reading
@@ -74,8 +74,9 @@ class MemoryMonitor:
         self.thresholds = Thresholds.from_config(config)
         self._sampler = sampler if sampler is not None else open_sampler(source, root, LIMIT_TTL_S)
         self._sessions: SessionManager | None = None
-        self._root = root
-        self._charges: ChargeReader | None = None
+        self._breakdown = Breakdown(
+            lambda: getattr(getattr(self._sampler, "cgroup", None), "location", None), root
+        )
         self._last: Reading | None = None
         self._level, self._last_good_wall, self._samples = Level.NORMAL, 0.0, 0
         self._errors = ErrorCounts()
@@ -322,11 +323,18 @@ class MemoryMonitor:
     # -- emergency cleanup ------------------------------------------------------------------
 
     def register_cleanup_callback(
-        self, fn: Callable[[], object], *, name: str, priority: int = 100
-    ) -> None:
+        self, fn: Callable[[], object], *, name: str, priority: int = 100,
+        size: Callable[[], int] | None = None,
+    ) -> None:  # fmt: skip
         """Add an emergency cleanup step, run before the built-in ones in its own thread within
-        ``callback_budget_s``; lower ``priority`` first. ``name`` labels metrics and logs."""
+        ``callback_budget_s``; lower ``priority`` first. ``name`` labels metrics and logs.
+        ``size``, where given, says how many bytes what the callback frees holds now (a
+        model cache's size): counted as managed memory."""
+        if size is not None and not callable(size):
+            raise TypeError(f"size must be a callable returning bytes, got {size!r}")
         self._cleanup.register(fn, name=name, priority=priority)
+        if size is not None:
+            self._breakdown.sizes[name] = size
 
     def register_cache(self, cache: BoundedCache[Any, Any]) -> None:
         """Let the ladder shrink ``cache`` at WARNING and above, and empty it in an emergency
@@ -339,15 +347,8 @@ class MemoryMonitor:
     def memory_breakdown(self) -> tuple[dict[str, int] | None, dict[str, int] | None]:
         """What the memory is, read now (for exporters, at scrape time): the cgroup's charge
         by kind (None outside a cgroup) and this process's resident memory by kind."""
-        reader = self._charge_reader()
+        reader = self._breakdown.reader()
         return reader.charged(), reader.process()
-
-    def _charge_reader(self) -> ChargeReader:
-        """The breakdown's reader, over the sampler's cgroup (made on first use)."""
-        if self._charges is None:
-            cgroup = getattr(self._sampler, "cgroup", None)
-            self._charges = ChargeReader(getattr(cgroup, "location", None), self._root)
-        return self._charges
 
     @property
     def allocator(self) -> Allocator:
@@ -357,13 +358,14 @@ class MemoryMonitor:
     def oom_kills(self) -> int | None:
         """Processes the OOM killer took in this cgroup (or on the host outside one), read
         now; None where the kernel does not say."""
-        return self._charge_reader().oom_kills()
+        return self._breakdown.reader().oom_kills()
 
     def managed_bytes(self) -> int:
-        """Bytes this process's memory is accounted for: session bytes, reservations in
-        flight, and what registered bounded caches hold (Dask's "managed" memory)."""
+        """Bytes this process's memory is accounted for (Dask's "managed" memory): session
+        bytes, reservations in flight, what registered bounded caches hold, and what cleanup
+        callbacks with a ``size`` report (a size that fails counts 0)."""
         sessions = self.sessions.total_bytes if self.sessions is not None else 0
-        return sessions + self.reserved_bytes + sum(c.nbytes for c in self._actions.caches)
+        return self._breakdown.managed(sessions, self.reserved_bytes, self._actions.caches)
 
     @property
     def caches(self) -> tuple[BoundedCache[Any, Any], ...]:
@@ -371,6 +373,7 @@ class MemoryMonitor:
         return tuple(self._actions.caches)
 
     def unregister_cleanup_callback(self, name: str) -> bool:
+        self._breakdown.sizes.pop(name, None)
         return self._cleanup.unregister(name)
 
     @property

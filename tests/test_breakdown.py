@@ -96,7 +96,13 @@ def test_managed_and_unmanaged_memory_and_the_breakdown_are_exported(tmp_path: P
     assert value("pathoai_memory_charged_bytes", {"kind": "shmem"}) == 50 * MIB
     assert value("pathoai_memory_charged_bytes", {"kind": "kernel"}) == 30 * MIB
     assert value("pathoai_process_memory_bytes", {"kind": "anon"}) == 800000 * 1024
-    assert value("pathoai_memory_unmanaged_bytes") == 900000 * 1024 - managed
+    used = GIB - 50 * MIB  # the fixture's working set: memory.current less inactive_file
+    assert value("pathoai_memory_unmanaged_bytes") == used - managed
+    monitor.register_cleanup_callback(lambda: None, name="model", size=lambda: 100 * MIB)
+    monitor.register_cleanup_callback(lambda: None, name="broken", size=lambda: 1 // 0)
+    assert value("pathoai_memory_managed_bytes") == managed + 100 * MIB  # a failing size: 0
+    assert monitor.unregister_cleanup_callback("model")
+    assert value("pathoai_memory_managed_bytes") == managed
     assert value("pathoai_oom_kills_total") == 1  # memory.events: oom_kill 1
     with monitor.reserve(10):
         assert value("pathoai_memory_managed_bytes") == managed + 10 * MIB

@@ -281,12 +281,13 @@ def _breakdown(m: MemoryMonitor) -> Iterator[Metric]:
         yield _counter("pathoai_oom_kills_total", kills)
     managed = m.managed_bytes()
     yield _gauge("pathoai_memory_managed_bytes", managed)
+    reading = m.last_reading or m.sample()
+    yield _gauge("pathoai_memory_unmanaged_bytes", max(0, reading.used_bytes - managed))
     if process is not None:
         family = _gauge("pathoai_process_memory_bytes")
         for kind in PROCESS_KINDS:
             family.add_metric([kind], process[kind])
         yield family
-        yield _gauge("pathoai_memory_unmanaged_bytes", max(0, sum(process.values()) - managed))
 
 
 def _caches(m: MemoryMonitor) -> Iterator[Metric]:
