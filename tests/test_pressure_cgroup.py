@@ -124,3 +124,37 @@ def test_a_spill_lowers_the_cgroup_working_set_by_the_spilled_bytes(
     assert r["freed"] > 255 * mib and r["same"], r
     assert r["before"] - r["spilled"] > 0.9 * r["freed"], r  # the working set fell by it
     assert r["restored"] - r["spilled"] > 0.9 * r["freed"], r  # and came back with it
+
+
+@pytest.mark.cgroup
+def test_each_kind_of_memory_shows_in_its_kind_and_in_unmanaged(
+    make_cgroup: Callable[[int], MemoryCgroup], tmp_path: Path
+) -> None:
+    """In a real cgroup: session arrays are anon and managed; a leak outside any session is
+    anon and unmanaged; a tmpfs file is shmem; a file read is page cache; each within 5 %
+    of what was made."""
+    group = make_cgroup(1 * GIB)
+    workload = str(Path(__file__).parent / "workloads" / "breakdown_kinds.py")
+    code, out, err = run(group, str(tmp_path), workload=workload)
+    assert code == 0, err[-2000:]
+    s = json.loads(out.splitlines()[-1])
+    assert str(s["start"]["source"]).startswith("cgroup"), s  # read from the cgroup itself
+    mib = 1 << 20
+
+    def grew(step: str, before: str, key: str, kind: str | None = None) -> float:
+        after, base = s[step][key], s[before][key]
+        return ((after[kind] - base[kind]) if kind else (after - base)) / mib
+
+    def near(value: float, expected: float) -> bool:
+        return abs(value - expected) <= 0.05 * expected
+
+    assert near(grew("session", "start", "charged", "anon"), 128), s
+    assert near(grew("session", "start", "managed"), 128), s
+    assert abs(grew("session", "start", "unmanaged")) < 0.05 * 128, s  # accounted for
+    assert near(grew("leak", "session", "charged", "anon"), 96), s
+    assert near(grew("leak", "session", "unmanaged"), 96), s  # outside any session
+    assert near(grew("tmpfs", "leak", "charged", "shmem"), 64), s
+    cache = grew("read", "before_read", "charged", "file_active") + grew(
+        "read", "before_read", "charged", "file_inactive"
+    )
+    assert near(cache, 64), s
