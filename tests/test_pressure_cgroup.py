@@ -158,3 +158,18 @@ def test_each_kind_of_memory_shows_in_its_kind_and_in_unmanaged(
         "read", "before_read", "charged", "file_inactive"
     )
     assert near(cache, 64), s
+
+
+@pytest.mark.cgroup
+def test_an_oom_kill_of_a_sibling_process_is_counted(
+    make_cgroup: Callable[[int], MemoryCgroup],
+) -> None:
+    """The exporter's process survives; the kernel's count of the sibling it killed shows
+    in ``oom_kills`` (what pathoai_oom_kills_total exports and PathoAIOOMKilled alerts on)."""
+    group = make_cgroup(256 << 20)
+    workload = str(Path(__file__).parent / "workloads" / "oom_sibling.py")
+    code, out, err = run(group, workload=workload)
+    assert code == 0, err[-2000:]
+    r = json.loads(out.splitlines()[-1])
+    assert r["sibling"] == -signal.SIGKILL and str(r["source"]).startswith("cgroup"), r
+    assert r["after"] == r["before"] + 1 == group.oom_kills(), r
