@@ -20,6 +20,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from typing import Any, Final, NamedTuple
 
 from .readers.process import ProcessReader
@@ -28,6 +29,8 @@ from .readers.process import ProcessReader
 TRIM_MIN_FREE_BYTES: Final = 64 << 20
 #: Look at the allocator at most this often while memory is at WARNING or above (s).
 TRIM_EVERY_S: Final = 10.0
+#: Arenas come and go with threads, slowly: a count this recent is reused (s).
+ARENAS_MAX_AGE_S: Final = 60.0
 _FIELDS: Final = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
                   "uordblks", "fordblks", "keepcost")  # fmt: skip
 
@@ -77,6 +80,7 @@ class Allocator:
         self.trims = 0
         self.trimmed_bytes = 0
         self.last_arenas: int | None = None
+        self._arenas_at = 0.0
 
     @property
     def available(self) -> bool:
@@ -89,10 +93,14 @@ class Allocator:
         info = self._libc.mallinfo2()
         return Heap(int(info.uordblks), int(info.fordblks), int(info.hblkhd))
 
-    def arenas(self) -> int | None:
-        """How many arenas malloc has (from ``malloc_info``'s XML); remembered."""
+    def arenas(self, max_age_s: float = ARENAS_MAX_AGE_S) -> int | None:
+        """How many arenas malloc has (from ``malloc_info``'s XML, which costs a temporary
+        file): the count read within ``max_age_s``, else read now."""
         if self._libc is None:
             return None
+        if self.last_arenas is not None and time.monotonic() - self._arenas_at < max_age_s:
+            return self.last_arenas
+        self._arenas_at = time.monotonic()
         fd, path = tempfile.mkstemp(prefix="pathoai-malloc-")
         os.close(fd)
         try:

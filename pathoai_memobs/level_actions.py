@@ -102,7 +102,7 @@ class LevelActions:
         returned = self.allocator.trim()
         emit(INFO, ALLOCATOR_TRIMMED, pressure_level=level.name, free_bytes=heap.free,
              returned_bytes=returned)  # fmt: skip
-        arenas = self.allocator.arenas()
+        arenas = self.allocator.arenas(max_age_s=0)
         if (
             arenas is not None
             and not self._arenas_told

@@ -130,8 +130,10 @@ class MemobsCollector(Collector):
         gc_manager: GarbageCollectionManager | None = None,
         *,
         timer: PauseTimer | None = GC_PAUSES,
+        breakdown: bool = True,
     ) -> None:
         self.monitor = monitor
+        self.breakdown = breakdown  # the charge breakdown, allocator, OOM count: a few preads
         self.sessions = sessions
         self.gc = GCCollector(timer, gc_manager) if timer is not None else None
         self._scrape_errors = 0
@@ -189,7 +191,8 @@ class MemobsCollector(Collector):
         yield from _admission(m)
         yield from _emergency(m)
         yield from _caches(m)
-        yield from _breakdown(m)
+        if self.breakdown:
+            yield from _breakdown(m, r)
         yield _gauge("pathoai_monitor_last_sample_timestamp_seconds", m.last_sample_timestamp)
         yield _gauge("pathoai_monitor_interval_seconds", m.config.monitoring_interval_sec)
         yield _gauge("pathoai_monitor_running", 1 if m.running else 0)
@@ -250,7 +253,7 @@ def _spill(s: SessionManager) -> Iterator[Metric]:
     yield hist
 
 
-def _breakdown(m: MemoryMonitor) -> Iterator[Metric]:
+def _breakdown(m: MemoryMonitor, reading: Any) -> Iterator[Metric]:
     """What the memory is: the cgroup's charge and this process's memory by kind, managed
     and unmanaged (read now: these files are read only when scraped)."""
     charged, process = m.memory_breakdown()
@@ -281,8 +284,8 @@ def _breakdown(m: MemoryMonitor) -> Iterator[Metric]:
         yield _counter("pathoai_oom_kills_total", kills)
     managed = m.managed_bytes()
     yield _gauge("pathoai_memory_managed_bytes", managed)
-    reading = m.last_reading or m.sample()
-    yield _gauge("pathoai_memory_unmanaged_bytes", max(0, reading.used_bytes - managed))
+    if reading is not None:
+        yield _gauge("pathoai_memory_unmanaged_bytes", max(0, reading.used_bytes - managed))
     if process is not None:
         family = _gauge("pathoai_process_memory_bytes")
         for kind in PROCESS_KINDS:
@@ -352,9 +355,11 @@ def instrument(
     gc_manager: GarbageCollectionManager | None = None,
     *,
     registry: CollectorRegistry = REGISTRY,
+    breakdown: bool = True,
 ) -> MemobsCollector:
-    """Register a ``MemobsCollector`` on ``registry`` (the default one) and return it."""
-    collector = MemobsCollector(monitor, sessions, gc_manager)
+    """Register a ``MemobsCollector`` on ``registry`` (the default one) and return it;
+    ``breakdown=False`` leaves out what is read from /proc and the cgroup at scrape time."""
+    collector = MemobsCollector(monitor, sessions, gc_manager, breakdown=breakdown)
     registry.register(collector)
     return collector
 

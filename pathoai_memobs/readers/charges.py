@@ -21,7 +21,7 @@ import os
 from typing import Final
 
 from ..exporters.catalogue import CHARGE_KINDS, PROCESS_KINDS
-from ._files import parse_flat_keyed
+from ._files import KeptOpenFile, parse_flat_keyed
 from .cgroup import CgroupLocation
 
 __all__ = ["CHARGE_KINDS", "PROCESS_KINDS", "ChargeReader", "charges_v1", "charges_v2"]
@@ -66,49 +66,58 @@ def process_kinds(status: str) -> dict[str, int]:
     return found
 
 
-def _read(path: str) -> str | None:
+def _read(f: KeptOpenFile) -> bytes | None:
+    """A kept-open file's content (one pread), or None where it cannot be read."""
     try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            return f.read()
+        return f.read()
     except OSError:
         return None
 
 
 class ChargeReader:
-    """Reads the charge breakdown of one cgroup (None outside one) and of one process."""
+    """Reads the charge breakdown of one cgroup (None outside one) and of one process, with
+    kept-open files (a scrape costs a few preads, not opens)."""
 
     def __init__(self, location: CgroupLocation | None, root: str = "/", pid: str = "self") -> None:
         self.location = location
-        self.status_path = os.path.join(root, "proc", pid, "status")
-        self.vmstat_path = os.path.join(root, "proc", "vmstat")
+        self._status = KeptOpenFile(os.path.join(root, "proc", pid, "status"))
+        self._vmstat = KeptOpenFile(os.path.join(root, "proc", "vmstat"))
+        self._stat = self._events = self._kmem = None
+        if location is not None:
+            v1 = location.source == "cgroup_v1"
+            d = location.directory
+            self._stat = KeptOpenFile(os.path.join(d, "memory.stat"))
+            self._events = KeptOpenFile(
+                os.path.join(d, "memory.oom_control" if v1 else "memory.events")
+            )
+            self._kmem = KeptOpenFile(os.path.join(d, "memory.kmem.usage_in_bytes")) if v1 else None
 
     def charged(self) -> dict[str, int] | None:
         """The cgroup's charge by kind, or None where there is no cgroup or no stat file."""
-        if self.location is None:
-            return None
-        text = _read(os.path.join(self.location.directory, "memory.stat"))
+        text = _read(self._stat) if self._stat is not None else None
         if text is None:
             return None
-        stat = parse_flat_keyed(text.encode())
-        if self.location.source == "cgroup_v2":
+        stat = parse_flat_keyed(text)
+        if self._kmem is None:
             return charges_v2(stat)
-        kmem = _read(os.path.join(self.location.directory, "memory.kmem.usage_in_bytes"))
+        kmem = _read(self._kmem)
         return charges_v1(stat, int(kmem) if kmem and kmem.strip().isdigit() else None)
 
     def oom_kills(self) -> int | None:
         """Processes the OOM killer took: in this cgroup (``oom_kill`` in memory.events or
         memory.oom_control, siblings included), else on the host (/proc/vmstat); None where
         neither says."""
-        if self.location is not None:
-            name = "memory.oom_control" if self.location.source == "cgroup_v1" else "memory.events"
-            text = _read(os.path.join(self.location.directory, name))
-        else:
-            text = _read(self.vmstat_path)
+        text = _read(self._events if self._events is not None else self._vmstat)
         if text is None:
             return None
-        return parse_flat_keyed(text.encode()).get("oom_kill")
+        lines = b"\n" + text
+        key = lines.find(b"\noom_kill ")
+        if key < 0:
+            return None
+        end = lines.find(b"\n", key + 1)
+        return int(lines[key + 10 : end if end >= 0 else None].strip() or 0)
 
     def process(self) -> dict[str, int] | None:
         """This process's resident memory by kind (None where /proc has no status)."""
-        text = _read(self.status_path)
-        return None if text is None else process_kinds(text)
+        text = _read(self._status)
+        return None if text is None else process_kinds(text.decode("ascii", "replace"))
