@@ -12,6 +12,7 @@ it evicts. The GC manager is made on first need from the config when none was gi
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections.abc import Callable
@@ -178,9 +179,18 @@ def _spill_round(sessions: SessionManager, excess: int, level: Level) -> None:
              duration_s=round(time.monotonic() - started, 3))  # fmt: skip
 
 
+#: Level changes kept for the /debug/memory view.
+RECENT_CHANGES: Final = 20
+RECENT: Final[collections.deque[dict[str, object]]] = collections.deque(maxlen=RECENT_CHANGES)
+
+
 def log_level_change(previous: Level, level: Level, reading: Reading, managed: int = 0) -> None:
     """The ``memory_level_changed`` event: a warning going up the ladder, info coming down,
-    with what this process manages and what it does not (``managed``: its managed bytes)."""
+    with what this process manages and what it does not (``managed``: its managed bytes);
+    the latest are kept in ``RECENT`` (this process's, for /debug/memory)."""
+    RECENT.append({"at": round(time.time(), 3), "from": previous.name, "to": level.name,
+                   "used_ratio": round(reading.used_ratio, 4),
+                   "available_bytes": reading.available_bytes})  # fmt: skip
     emit(
         WARNING if level > previous else INFO,
         LEVEL_CHANGED,

@@ -17,13 +17,16 @@ import sys
 import threading
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client import make_wsgi_app as _prom_wsgi_app
 
 from ..logging import EXPORTER_CLIENT_DROPPED, EXPORTER_EXPOSED, RateLimit, emit
+
+if TYPE_CHECKING:
+    from ..debug_memory import DebugMemory
 
 DEFAULT_PORT = 9464
 
@@ -68,9 +71,11 @@ class _Handler(WSGIRequestHandler):
 
 
 def _guarded(
-    app: Callable[..., Any], basic_auth: tuple[str, str] | None
-) -> Callable[..., Iterable[bytes]]:
-    """Serve ``/metrics`` (and ``/`` as a pointer to it); 404 elsewhere; basic auth if set."""
+    app: Callable[..., Any], basic_auth: tuple[str, str] | None,
+    debug: Callable[..., Iterable[bytes]] | None = None,
+) -> Callable[..., Iterable[bytes]]:  # fmt: skip
+    """Serve ``/metrics`` (and ``/`` as a pointer to it), ``/debug/memory`` where given;
+    404 elsewhere; basic auth, if set, for all of them."""
     expected = None
     if basic_auth is not None:
         user, password = basic_auth
@@ -93,6 +98,8 @@ def _guarded(
         path = environ.get("PATH_INFO", "/")
         if path == "/metrics":
             return app(environ, start_response)  # type: ignore[no-any-return]
+        if path == "/debug/memory" and debug is not None:
+            return debug(environ, start_response)
         if path == "/":
             body = b"pathoai-memobs exporter: see /metrics\n"
             start_response(
@@ -132,20 +139,23 @@ def start_http_server(
     client_cafile: str | None = None,
     client_auth_required: bool = False,
     basic_auth: tuple[str, str] | None = None,
+    debug: DebugMemory | None = None,
 ) -> MetricsServer:
     """Serve ``/metrics`` from a daemon thread, on loopback unless told otherwise.
 
     For exposure beyond loopback: ``certfile``/``keyfile`` turn on TLS (1.2 or later),
     ``client_cafile`` with ``client_auth_required`` asks for client certificates (mutual
     TLS), and ``basic_auth=(user, password)`` asks for HTTP basic credentials.
-    ``port=0`` picks a free port (read it back from ``.port``).
+    ``port=0`` picks a free port (read it back from ``.port``). ``debug`` (a
+    ``debug_memory.DebugMemory``) also serves ``/debug/memory``, off by default.
     """
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an integer 0-65535, got {port!r}")
     if not isinstance(addr, str):
         raise TypeError(f"addr must be a string, got {addr!r}")
     context = _tls_context(certfile, keyfile, client_cafile, client_auth_required)
-    app = _guarded(_prom_wsgi_app(registry), _credentials(basic_auth))
+    app = _guarded(_prom_wsgi_app(registry), _credentials(basic_auth),
+                   debug.wsgi if debug is not None else None)  # fmt: skip
     server_class: type[_Server] = _Server
     if ":" in addr:
         server_class = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})

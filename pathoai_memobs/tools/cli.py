@@ -184,6 +184,32 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
+def _top(args: argparse.Namespace) -> int:
+    """Fetch the service's /debug/memory and show it, refreshing (``--json``: once)."""
+    import urllib.error  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    fmt = "json" if args.json else "text"
+    url = args.url + ("&" if "?" in args.url else "?") + f"format={fmt}"
+    deadline = time.monotonic() + args.seconds if args.seconds else None
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                body = response.read().decode()
+        except (urllib.error.URLError, OSError) as exc:
+            print(f"cannot read {args.url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(body, end="" if body.endswith("\n") else "\n")
+            return 0
+        tty = sys.stdout.isatty()
+        sys.stdout.write(("\x1b[H\x1b[2J" if tty else "") + body + ("" if tty else "\n"))
+        sys.stdout.flush()
+        if deadline is not None and time.monotonic() + args.interval > deadline:
+            return 0
+        time.sleep(args.interval)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _Parser(prog="pathoai-memobs", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -211,6 +237,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     stack.add_argument("--alertmanager-port", type=_port, default=9093)
     stack.add_argument("--duration", type=_duration, default=0, help="seconds; 0 runs until Ctrl-C")
     stack.set_defaults(func=_stack)
+    top = sub.add_parser("top", help="the /debug/memory view of a running service, live")
+    top.add_argument("--url", default="http://127.0.0.1:9464/debug/memory", help="its address")
+    top.add_argument("--interval", type=_seconds, default=2.0, help="seconds between refreshes")
+    top.add_argument("--seconds", type=_duration, default=0, help="how long; 0 until Ctrl-C")
+    top.add_argument("--json", action="store_true", help="the JSON once, and exit")
+    top.set_defaults(func=_top)
     out = sub.add_parser("assets", help="write the alert rules, routing and dashboards to a folder")
     out.add_argument("--out", required=True, help="folder to write into (created if missing)")
     out.set_defaults(func=_assets)

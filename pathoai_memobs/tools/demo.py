@@ -203,7 +203,7 @@ def status_lines(scene: Scene, elapsed: float) -> list[str]:
         f"gc        last pause {snap.last_seconds * 1000:.2f} ms "
         f"(generation {snap.last_generation})",
         f"emergency {emergency}",
-        f"look at   http://127.0.0.1:{s.port}/metrics   logs {s.log_path}",
+        f"look at   http://127.0.0.1:{s.port}/metrics   /debug/memory   logs {s.log_path}",
     ]
 
 
@@ -235,8 +235,10 @@ def run(s: DemoSettings, where: str, sampler: Any = None, out: TextIO = sys.stdo
         config, sampler=sampler, sessions=sessions, gc_manager=gcm, emergency_cooldown_s=1.0
     )
     instrument(monitor, sessions, gcm)
+    from ..debug_memory import DebugMemory  # noqa: PLC0415
+
     try:
-        server = start_http_server(s.port)
+        server = start_http_server(s.port, debug=DebugMemory(monitor, sessions))
     except OSError as exc:
         print(f"cannot serve metrics on 127.0.0.1:{s.port}: {exc.strerror}", file=sys.stderr)
         return 1
