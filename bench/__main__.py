@@ -16,6 +16,7 @@ SUITES = {
     "sessions": "bench.bench_sessions",
     "monitor": "bench.bench_monitor",
     "scrape": "bench.bench_scrape",
+    "debug": "bench.bench_debug",
     "otel": "bench.bench_otel",
     "serving": "bench.bench_serving",
     "spill": "bench.bench_spill",
