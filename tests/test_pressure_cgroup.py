@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -173,3 +174,33 @@ def test_an_oom_kill_of_a_sibling_process_is_counted(
     r = json.loads(out.splitlines()[-1])
     assert r["sibling"] == -signal.SIGKILL and str(r["source"]).startswith("cgroup"), r
     assert r["after"] == r["before"] + 1 == group.oom_kills(), r
+
+
+@pytest.mark.cgroup
+def test_an_oom_kill_fires_pathoai_oom_killed_in_a_real_prometheus(
+    make_cgroup: Callable[[int], MemoryCgroup], tmp_path: Path
+) -> None:
+    """The exporter serves from the cgroup; a real Prometheus with the shipped rules scrapes
+    it; a sibling is OOM-killed; PathoAIOOMKilled fires."""
+    from .promstack import Prometheus, binary, free_port
+
+    binary("prometheus")
+    group = make_cgroup(256 << 20)
+    port, trigger = free_port(), tmp_path / "go"
+    workload = str(Path(__file__).parent / "workloads" / "oom_sibling.py")
+    proc = group.popen([sys.executable, workload, "--serve", str(port), "--trigger", str(trigger)],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    rules = Path(__file__).resolve().parent.parent / "alerts" / "pathoai-memory.rules.yml"
+    prom = Prometheus(tmp_path / "prom", [f"127.0.0.1:{port}"], [rules])
+    try:
+        prom.wait_value("pathoai_oom_kills_total", lambda v: v >= 0, 60)
+        time.sleep(2)  # two scrapes at the old count
+        trigger.touch()
+        fired = prom.wait_value(
+            'count(ALERTS{alertname="PathoAIOOMKilled", alertstate="firing"})', lambda v: v >= 1, 90
+        )
+        assert fired == 1 and group.oom_kills() >= 1
+    finally:
+        prom.stop()
+        proc.kill()
+        proc.communicate(timeout=30)
