@@ -18,10 +18,11 @@ Kinds, a small fixed set so that they can be labels:
 from __future__ import annotations
 
 import os
+import re
 from typing import Final
 
 from ..exporters.catalogue import CHARGE_KINDS, PROCESS_KINDS
-from ._files import KeptOpenFile, parse_flat_keyed
+from ._files import KeptOpenFile
 from .cgroup import CgroupLocation
 
 __all__ = ["CHARGE_KINDS", "PROCESS_KINDS", "ChargeReader", "charges_v1", "charges_v2"]
@@ -55,14 +56,27 @@ def charges_v1(stat: dict[str, int], kmem: int | None) -> dict[str, int]:
     }
 
 
+_STATUS: Final = re.compile(r"^Rss(Anon|File|Shmem):\s+(\d+)", re.M)
+_STAT_KEYS: Final = (
+    "anon", "file", "kernel", "kernel_stack", "pagetables", "sock", "shmem", "active_file",
+    "inactive_file", "slab", "slab_reclaimable", "slab_unreclaimable", "percpu", "rss",
+    "total_rss", "total_active_file", "total_inactive_file", "total_shmem",
+)  # fmt: skip
+_STAT: Final = re.compile(
+    rb"^(" + b"|".join(k.encode() for k in set(_STAT_KEYS)) + rb") (\d+)$", re.M
+)
+
+
+def stat_values(text: bytes) -> dict[str, int]:
+    """The keys of ``memory.stat`` the kinds are made of (one regex pass, not every line)."""
+    return {k.decode(): int(v) for k, v in _STAT.findall(text)}
+
+
 def process_kinds(status: str) -> dict[str, int]:
     """RssAnon, RssFile and RssShmem from ``/proc/<pid>/status`` (kB there), in bytes."""
     found = dict.fromkeys(PROCESS_KINDS, 0)
-    names = {"RssAnon:": "anon", "RssFile:": "file", "RssShmem:": "shmem"}
-    for line in status.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0] in names:
-            found[names[parts[0]]] = int(parts[1]) * 1024
+    for name, kb in _STATUS.findall(status):
+        found[name.lower()] = int(kb) * 1024
     return found
 
 
@@ -97,7 +111,7 @@ class ChargeReader:
         text = _read(self._stat) if self._stat is not None else None
         if text is None:
             return None
-        stat = parse_flat_keyed(text)
+        stat = stat_values(text)
         if self._kmem is None:
             return charges_v2(stat)
         kmem = _read(self._kmem)
