@@ -11,8 +11,10 @@ and emergency runs. ``?action=`` runs one thing: ``trace`` (start tracemalloc wi
 and live objects by type), ``diff`` (against the previous snapshot), ``trim`` (the
 allocator, bytes returned), ``collect`` (a full collection, what it freed).
 
-One request at a time (another gets 429), each bounded: lists are cut to ``TOP`` entries
-and a body to ``MAX_BODY`` bytes.
+One request at a time (another gets 429), each bounded: lists are cut to ``TOP`` entries,
+a body to ``MAX_BODY`` bytes, and the wait to ``MAX_WAIT_S`` (the work runs in its own
+thread; past that the answer is 503 with Retry-After, and the next request is refused until
+it ends, so slow snapshots of a huge heap never pile up).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 
 TOP: Final = 20
 MAX_BODY: Final = 256 << 10
+MAX_WAIT_S: Final = 10.0
 MAX_TRACE_S: Final = 600.0
 MAX_FRAMES: Final = 50
 
@@ -46,6 +49,7 @@ class DebugMemory:
         self.monitor = monitor
         self.sessions = sessions if sessions is not None else monitor.sessions
         self._busy = threading.Lock()
+        self.max_wait_s = MAX_WAIT_S
         self._previous: tracemalloc.Snapshot | None = None
         self._stop_timer: threading.Timer | None = None
 
@@ -169,22 +173,40 @@ class DebugMemory:
         if not self._busy.acquire(blocking=False):
             return _answer(start_response, "429 Too Many Requests", {"error": "busy"},
                            ("Retry-After", "1"))  # fmt: skip
-        try:
-            query = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
-            action = query.pop("action", "")
+        query = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+        action = query.pop("action", "")
+        result: dict[str, Any] = {}
+
+        def work() -> None:
             try:
-                doc = self.act(action, query) if action else self.summary()
+                result["doc"] = self.act(action, query) if action else self.summary()
             except ValueError as exc:
-                return _answer(start_response, "400 Bad Request", {"error": str(exc)})
-            if query.get("format") == "json" or action:
-                return _answer(start_response, "200 OK", doc)
-            body = text(doc).encode()[:MAX_BODY]
-            start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8"),
-                                      ("Content-Length", str(len(body))),
-                                      ("Cache-Control", "no-store")])  # fmt: skip
-            return [body]
-        finally:
-            self._busy.release()
+                result["bad"] = str(exc)
+            except Exception as exc:  # reported, never raised into the server
+                result["failed"] = type(exc).__name__
+            finally:
+                self._busy.release()
+
+        worker = threading.Thread(target=work, name="pathoai-debug-memory", daemon=True)
+        worker.start()
+        worker.join(self.max_wait_s)
+        if worker.is_alive():
+            return _answer(start_response, "503 Service Unavailable",
+                           {"error": "still running", "after_s": self.max_wait_s},
+                           ("Retry-After", str(round(self.max_wait_s))))  # fmt: skip
+        if "bad" in result:
+            return _answer(start_response, "400 Bad Request", {"error": result["bad"]})
+        if "failed" in result:
+            return _answer(start_response, "500 Internal Server Error",
+                           {"error": result["failed"]})  # fmt: skip
+        doc = result["doc"]
+        if query.get("format") == "json" or action:
+            return _answer(start_response, "200 OK", doc)
+        body = text(doc).encode()[:MAX_BODY]
+        start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8"),
+                                  ("Content-Length", str(len(body))),
+                                  ("Cache-Control", "no-store")])  # fmt: skip
+        return [body]
 
 
 def _answer(start_response: Callable[..., Any], status: str, doc: dict[str, Any],

@@ -8,6 +8,8 @@ import base64
 import json
 import subprocess
 import sys
+import threading
+import time
 import tracemalloc
 import urllib.error
 import urllib.request
@@ -142,3 +144,30 @@ def test_top_shows_it_once_as_json_and_refreshing_as_text() -> None:
         assert gone.returncode == 1 and "cannot read" in gone.stderr
     finally:
         plain.stop()
+
+
+def test_a_slow_look_answers_503_and_holds_off_the_next_until_it_ends() -> None:
+    monitor = MemoryMonitor(MemoryConfig(enable_background_monitoring=False))
+    view = DebugMemory(monitor)
+    view.max_wait_s = 0.2
+    release = threading.Event()
+    real = view.summary
+
+    def slow() -> dict[str, Any]:
+        release.wait(10)  # a snapshot of a huge heap, say
+        return real()
+
+    view.summary = slow  # type: ignore[method-assign]
+    statuses: list[str] = []
+    view.wsgi({"QUERY_STRING": ""}, lambda status, headers: statuses.append(status))
+    view.wsgi({"QUERY_STRING": ""}, lambda status, headers: statuses.append(status))
+    assert statuses == ["503 Service Unavailable", "429 Too Many Requests"]
+    release.set()
+    view.summary = real  # type: ignore[method-assign]
+    deadline = time.monotonic() + 5
+    while not view._busy.acquire(blocking=False):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    view._busy.release()
+    view.wsgi({"QUERY_STRING": "format=json"}, lambda status, headers: statuses.append(status))
+    assert statuses[-1] == "200 OK"
