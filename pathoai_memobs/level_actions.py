@@ -74,9 +74,13 @@ class LevelActions:
         self._next_trim = 0.0
         self._session_bytes = 0
         self._arenas_told = False
+        self._started = False
 
     def step(self, level: Level, reading: Reading) -> None:
         """The ladder's steps for ``reading`` (caches, spilling), then ``act``."""
+        if not self._started:  # the first step: what the allocator looks like at start
+            self._started = True
+            self._check_arenas()
         if level >= Level.WARNING:
             t = self.thresholds.for_total(reading.total_bytes)
             todo = ladder_steps(level, reading.used_bytes, reading.total_bytes, t)
@@ -103,14 +107,17 @@ class LevelActions:
         returned = self.allocator.trim()
         emit(INFO, ALLOCATOR_TRIMMED, pressure_level=level.name, free_bytes=heap.free,
              returned_bytes=returned)  # fmt: skip
-        arenas = self.allocator.arenas(max_age_s=0)
-        if (
-            arenas is not None
-            and not self._arenas_told
-            and arenas_too_many(arenas, threading.active_count())
-        ):
+        self._check_arenas()
+
+    def _check_arenas(self) -> None:
+        """Warn once where malloc holds far more arenas than the threads need (at the first
+        step, and again at each trim until it has warned)."""
+        if self._arenas_told or not self.allocator.available:
+            return
+        arenas, threads = self.allocator.arenas(max_age_s=0), threading.active_count()
+        if arenas is not None and arenas_too_many(arenas, threads):
             self._arenas_told = True
-            emit(WARNING, ALLOCATOR_ARENAS_HIGH, arenas=arenas, threads=threading.active_count(),
+            emit(WARNING, ALLOCATOR_ARENAS_HIGH, arenas=arenas, threads=threads,
                  advice="set MALLOC_ARENA_MAX=2 (docs/pressure.md)")  # fmt: skip
 
     def _shrink(self, level: Level, excess: int) -> int:

@@ -75,3 +75,18 @@ def test_the_ladder_trims_at_warning_and_exports_it(
     assert value("pathoai_allocator_trimmed_bytes_total") == m.allocator.trimmed_bytes
     assert (value("pathoai_allocator_heap_bytes", {"state": "in_use"}) or 0) > 0
     assert (value("pathoai_allocator_arenas") or 0) >= 1
+
+
+def test_many_arenas_are_warned_of_once_at_the_first_step(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not Allocator().available:
+        pytest.skip("the C library is not glibc")
+    s = Scripted(8 * GIB, total=8 * GIB)
+    m = MemoryMonitor(MemoryConfig(enable_background_monitoring=False), sampler=s)
+    monkeypatch.setattr(m.allocator, "arenas", lambda max_age_s=0: 64)  # 8 cores x 8, idle
+    caplog.set_level("WARNING", logger="pathoai_memobs")
+    m.tick()  # NORMAL: the first step looks anyway
+    m.tick()
+    (told,) = events(caplog, "allocator_arenas_high")
+    assert told["arenas"] == 64 and "MALLOC_ARENA_MAX" in str(told["advice"])
