@@ -126,8 +126,8 @@ class DebugMemory:
     def act(self, action: str, params: dict[str, str]) -> dict[str, Any]:
         """Run one action (see the module docstring); ValueError for a bad one."""
         if action == "trace":
-            frames = _bounded_int(params.get("frames", "10"), "frames", 1, MAX_FRAMES)
-            seconds = _bounded_float(params.get("seconds", "60"), "seconds", 1, MAX_TRACE_S)
+            frames = int(_bounded(params.get("frames", "10"), "frames", int, 1, MAX_FRAMES))
+            seconds = _bounded(params.get("seconds", "60"), "seconds", float, 1, MAX_TRACE_S)
             if tracemalloc.is_tracing():
                 return {"tracing": True, "started": False}
             tracemalloc.start(frames)
@@ -220,21 +220,14 @@ def _answer(start_response: Callable[..., Any], status: str, doc: dict[str, Any]
     return [body]
 
 
-def _bounded_int(text: str, name: str, low: int, high: int) -> int:
+def _bounded(text: str, name: str, kind: type[float], low: float, high: float) -> float:
+    """A query parameter as ``kind`` (int or float) within ``low``..``high``; ValueError
+    naming it otherwise."""
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        raise ValueError(f"{name} must be an integer, got {text!r}") from None
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be {low}..{high}, got {value}")
-    return value
-
-
-def _bounded_float(text: str, name: str, low: float, high: float) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {text!r}") from None
+        what = "an integer" if kind is int else "a number"
+        raise ValueError(f"{name} must be {what}, got {text!r}") from None
     if not low <= value <= high:
         raise ValueError(f"{name} must be {low:g}..{high:g}, got {value}")
     return value

@@ -41,7 +41,7 @@ from .session_budget import SessionBudget, over_budget
 
 if TYPE_CHECKING:
     from .exceptions import InsufficientMemoryError
-    from .session_manager import SessionManager
+    from .session_manager import RemovalReason, SessionManager
 
 #: A waiting request looks again at least this often (memory may be freed by anything).
 POLL_S = 0.1
@@ -219,14 +219,20 @@ class AdmissionGate:
                 ledger.want(need - freed, time.monotonic(), WANT_TTL_S)
         return over_budget(held - freed + reserved, required, budget) == 0
 
-    def _free_idle(self, sessions: SessionManager, need: int) -> int:
-        """Free ``need`` bytes of this worker's sessions idle a moment at least (not one a
-        request is filling now): spilled where a store is set, and never evicted then, so
-        nothing is lost (new work waits or is refused instead); evicted otherwise."""
-        freed = sessions.spill_idle(need, min_idle_s=BUDGET_IDLE_S)
+    @staticmethod
+    def _free_idle(
+        sessions: SessionManager, need: int, *, reason: RemovalReason = "budget",
+        spill_idle_s: float = BUDGET_IDLE_S, evict_idle_s: float = BUDGET_IDLE_S,
+    ) -> int:  # fmt: skip
+        """Free ``need`` bytes of this worker's unpinned sessions, least recently used first:
+        those idle ``spill_idle_s`` spilled where a store is set, and then never evicted, so
+        nothing is lost (the request waits or is refused instead); without a store, those
+        idle ``evict_idle_s`` evicted with ``reason``. The bytes freed. By default, for the
+        budget: idle a moment at least, not one a request is filling now."""
+        freed = sessions.spill_idle(need, min_idle_s=spill_idle_s)
         if freed < need and sessions.spill_store is None:
             freed += sessions.evict_least_recently_used(
-                need - freed, reason="budget", min_idle_s=BUDGET_IDLE_S
+                need - freed, reason=reason, min_idle_s=evict_idle_s
             )
         return freed
 
@@ -283,17 +289,14 @@ class AdmissionGate:
             return False
         try:
             removed = sessions.cleanup_inactive_sessions()
-            spilled = sessions.spill_idle(
-                lacking, min_idle_s=min(self.idle_free_s, sessions.spill_idle_s)
-            )
             before = sessions.removed_total("idle")
-            if spilled < lacking and sessions.spill_store is None:  # spilling: nothing lost
-                sessions.evict_least_recently_used(
-                    lacking - spilled, reason="idle", min_idle_s=self.idle_free_s
-                )
+            freed = self._free_idle(
+                sessions, lacking, reason="idle", evict_idle_s=self.idle_free_s,
+                spill_idle_s=min(self.idle_free_s, sessions.spill_idle_s),
+            )  # fmt: skip
             evicted = sessions.removed_total("idle") - before
             self.freed_sessions += evicted
-            return removed + evicted > 0 or spilled > 0
+            return removed + evicted > 0 or freed > 0
         finally:
             self._freeing.release()
 

@@ -52,16 +52,22 @@ class Container:
         return combine(4 * GIB, avail, None, None, None, 0, time.time(), time.monotonic())
 
 
-def worker(directory: str, spill_dir: str, ready: Any, done: Any, report: Any) -> None:
-    """The other worker: one idle 600 MiB session, serving the ledger's wants."""
-    now = [0.0]
-    store = SpillStore(spill_dir, max_bytes=2 * GIB, encrypt=False)
-    sessions = SessionManager(max_memory_gb=1, clock=lambda: now[0], spill=store)
+def worker_monitor(directory: str, sessions: SessionManager) -> MemoryMonitor:
+    """One worker's monitor over the shared container and ledger, keeping room for 2000 MiB."""
     container = Container(directory, 500 * MIB)
     container.sessions = sessions
     config = MemoryConfig(ledger_dir=directory, enable_background_monitoring=False)
     monitor = MemoryMonitor(config, sampler=container, sessions=sessions)
     monitor.gate.budget.keep_room_for(2000 * MIB)
+    return monitor
+
+
+def worker(directory: str, spill_dir: str, ready: Any, done: Any, report: Any) -> None:
+    """The other worker: one idle 600 MiB session, serving the ledger's wants."""
+    now = [0.0]
+    store = SpillStore(spill_dir, max_bytes=2 * GIB, encrypt=False)
+    sessions = SessionManager(max_memory_gb=1, clock=lambda: now[0], spill=store)
+    monitor = worker_monitor(directory, sessions)
     sid = sessions.create_session()
     sessions.update_session(sid, slide=np.full(600 * MIB, 4, np.uint8))
     monitor.sample()  # publishes its session bytes
@@ -87,12 +93,7 @@ def test_new_work_waits_for_another_workers_idle_sessions_to_be_spilled(tmp_path
     other.start()
     try:
         assert ready.wait(30)
-        sessions = SessionManager(max_memory_gb=1)  # this worker holds none of its own
-        container = Container(directory, 500 * MIB)
-        container.sessions = sessions
-        config = MemoryConfig(ledger_dir=directory, enable_background_monitoring=False)
-        monitor = MemoryMonitor(config, sampler=container, sessions=sessions)
-        monitor.gate.budget.keep_room_for(2000 * MIB)
+        monitor = worker_monitor(directory, SessionManager(max_memory_gb=1))  # holds none
         # budget: 4096 - 500 floor - 2000 kept - 500 rest = 1096 MiB; 600 held + 700 > it
         started = time.monotonic()
         with monitor.reserve(700, new_work=True, wait_s=10):
