@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
-from .allocator import TRIM_EVERY_S, Allocator, arenas_too_many, should_trim
+from .allocator import TRIM_EVERY_S, TRIM_MIN_FREE_BYTES, Allocator, arenas_too_many, should_trim
 from .bounded_cache import BoundedCache, shares
 from .emergency_cleanup import split_of
 from .logging import (
@@ -98,7 +98,7 @@ class LevelActions:
         removed, self._session_bytes = max(0, self._session_bytes - held), held
         now = self._clock()
         pressed = level >= Level.WARNING and now >= self._next_trim
-        if not self.allocator.available or not (pressed or removed >= 64 << 20):
+        if not self.allocator.available or not (pressed or removed >= TRIM_MIN_FREE_BYTES):
             return
         self._next_trim = now + TRIM_EVERY_S
         heap = self.allocator.heap()
