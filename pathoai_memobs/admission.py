@@ -19,9 +19,10 @@ import time
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final
 
-from .exceptions import InsufficientMemoryError, ReadingUnavailableError
+from .exceptions import InsufficientGpuMemoryError, InsufficientMemoryError, ReadingUnavailableError
 from .forksafe import after_fork_in_child
 from .ledger import Ledger, LocalLedger
 from .logging import REQUEST_REJECTED, WARNING, RateLimit, emit
@@ -31,6 +32,19 @@ from .units import MIB
 
 #: Upper bounds (seconds) of the wait histogram: waits are bounded by the callers' wait_s.
 WAIT_BUCKETS: Final[tuple[float, ...]] = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass
+class GpuNeed:
+    """A request's GPU bytes on one device, with that device's reading: free bytes, and the
+    floor and level of its ladder. ``short`` is set when the device (not the host) refused."""
+
+    device: int
+    required: int
+    free: int
+    floor: int
+    level: Level
+    short: bool = False
 
 
 class WaitStats:
@@ -65,6 +79,7 @@ class Admission:
         self._changed = threading.Condition(self.lock)  # a release, or the line moved
         after_fork_in_child(self._forked)
         self._reserved = 0
+        self.gpu_reserved: dict[int, int] = {}  # this process's GPU holds, by device
         self._rejected = 0
         self._requests = 0
         self._log = RateLimit(1.0, clock)
@@ -100,13 +115,15 @@ class Admission:
             self._requests += 1
 
     def admit_locked(
-        self, level: Level, available_bytes: int, required: int, *, hold: bool, ticket: int = 0
-    ) -> tuple[bool, int]:
+        self, level: Level, available_bytes: int, required: int, *, hold: bool, ticket: int = 0,
+        gpu: GpuNeed | None = None,
+    ) -> tuple[bool, int]:  # fmt: skip
         """Decide for ``required`` bytes (holding them when admitted and ``hold``); the
         caller holds the lock. A hold waits its turn: while others wait in line, only the
         first in line (``ticket``) may be admitted, so a stream of small requests never
         starves a large one. Reserved bytes are the ledger's: every worker's where it is
-        shared, with a dead worker's released before a refusal counts them.
+        shared, with a dead worker's released before a refusal counts them. ``gpu`` must
+        fit its device the same way, in the same decision (``_gpu_fits``).
         (admitted, bytes reserved before this one)."""
         line = self._line
         ledger = self.ledger
@@ -120,14 +137,35 @@ class Admission:
             if not admitted and reserved > self._reserved and ledger.reap():
                 reserved = ledger.total()
                 admitted = admits(available_bytes, reserved, required, self.floor_bytes)
+            if admitted and gpu is not None:
+                admitted = self._gpu_fits(gpu)
             if admitted and hold:
                 ledger.add(required)
+                if gpu is not None:
+                    ledger.gpu_add(gpu.device, gpu.required)
         if admitted and hold:
             self._reserved += required
+            if gpu is not None:
+                own = self.gpu_reserved
+                own[gpu.device] = own.get(gpu.device, 0) + gpu.required
             if ticket in line:
                 line.remove(ticket)
                 self._changed.notify_all()
         return admitted, reserved
+
+    def _gpu_fits(self, gpu: GpuNeed) -> bool:
+        """The device's rule: below its EMERGENCY, ``free - GPU reserved - required >= its
+        floor`` (every worker's GPU holds from the ledger, a dead worker's reaped first)."""
+        ledger = self.ledger
+        reserved = ledger.gpu_total(gpu.device)
+        fits = gpu.level is not Level.EMERGENCY and admits(gpu.free, reserved, gpu.required,
+                                                          gpu.floor)  # fmt: skip
+        if not fits and reserved > self.gpu_reserved.get(gpu.device, 0) and ledger.reap():
+            reserved = ledger.gpu_total(gpu.device)
+            fits = gpu.level is not Level.EMERGENCY and admits(gpu.free, reserved, gpu.required,
+                                                              gpu.floor)  # fmt: skip
+        gpu.short = not fits
+        return fits
 
     def _head(self) -> int:
         """The ticket whose turn it is: the first in line not set aside (0: none)."""
@@ -195,14 +233,21 @@ class Admission:
         self._line.clear()  # the parent's waiters did not come along
         self._aside.clear()
         self._reserved = 0  # nor its requests in flight
+        self.gpu_reserved = {}
         self.ledger.forked()
 
-    def release(self, required: int, held_s: float | None = None) -> None:
+    def release(
+        self, required: int, held_s: float | None = None, gpu: GpuNeed | None = None
+    ) -> None:
         """Give back what an admitted ``hold`` took (held for ``held_s``, when known)."""
         with self.lock:
             with self.ledger.transaction():
                 self.ledger.add(-required)
+                if gpu is not None:
+                    self.ledger.gpu_add(gpu.device, -gpu.required)
             self._reserved -= required
+            if gpu is not None:
+                self.gpu_reserved[gpu.device] -= gpu.required
             if held_s is not None:
                 self._hold_s += 0.2 * (held_s - self._hold_s)
             self._changed.notify_all()
@@ -216,12 +261,16 @@ class Admission:
         cooldown_left_s: float,
         *,
         ahead: int = -1,
+        gpu: GpuNeed | None = None,
     ) -> InsufficientMemoryError:
         """Count and log (at most once a second, with how many were held back) one refusal,
         and build its error with the retry hint: from the line when it waited in one
-        (``ahead`` were before it), else from the level."""
+        (``ahead`` were before it), else from the level. Where the GPU refused (``gpu``
+        short), the error is InsufficientGpuMemoryError, at the device's level."""
         with self.lock:
             self._rejected += 1
+        if gpu is not None and gpu.short:
+            level = gpu.level
         hint = retry_after_s(level, self.interval_s, cooldown_left_s)
         if ahead >= 0 and level is not Level.EMERGENCY:
             hint = max(hint, self.retry_hint_s(ahead))
@@ -236,7 +285,16 @@ class Admission:
                 pressure_level=level.name,
                 retry_after_s=hint,
                 suppressed=held,
-            )
+                **({"gpu": gpu.device, "gpu_required_bytes": gpu.required,
+                    "gpu_free_bytes": gpu.free} if gpu is not None and gpu.short else {}),
+            )  # fmt: skip
+        if gpu is not None and gpu.short:
+            with self.lock:
+                reserved_gpu = self.ledger.gpu_total(gpu.device)
+            return InsufficientGpuMemoryError(
+                gpu.device, gpu.required / MIB, gpu.free / MIB, floor_mb=gpu.floor / MIB,
+                reserved_mb=reserved_gpu / MIB, retry_after_s=hint,
+            )  # fmt: skip
         return InsufficientMemoryError(
             required / MIB,
             reading.available_bytes / MIB,

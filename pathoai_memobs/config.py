@@ -33,6 +33,9 @@ ENV_VARS: Final[Mapping[str, str]] = MappingProxyType(
         "spill_idle_minutes": "SESSION_SPILL_IDLE_MINUTES",
         "spill_min_buffer_mb": "SESSION_SPILL_MIN_BUFFER_MB",
         "state_dir": "MEMORY_STATE_DIR",
+        "gpu_warning_percent": "GPU_MEMORY_WARNING_PERCENT",
+        "gpu_critical_percent": "GPU_MEMORY_CRITICAL_PERCENT",
+        "gpu_floor_mb": "GPU_MEMORY_FLOOR_MB",
     }
 )
 #: Where ``ledger_dir`` comes from when MEMORY_LEDGER_DIR is unset: the multiprocess
@@ -43,7 +46,13 @@ _STR_FIELDS: Final = ("ledger_dir", "spill_dir", "state_dir")
 _TRUE: Final = frozenset({"true", "1", "yes"})
 _FALSE: Final = frozenset({"false", "0", "no"})
 
-_PERCENT_FIELDS: Final = ("max_memory_percent", "proactive_gc_threshold", "spill_min_free_percent")
+_PERCENT_FIELDS: Final = (
+    "max_memory_percent",
+    "proactive_gc_threshold",
+    "spill_min_free_percent",
+    "gpu_warning_percent",
+    "gpu_critical_percent",
+)
 _POSITIVE_FIELDS: Final = (
     "max_session_memory_gb",
     "session_timeout_minutes",
@@ -54,6 +63,7 @@ _POSITIVE_FIELDS: Final = (
     "spill_max_gb",
     "spill_idle_minutes",
     "spill_min_buffer_mb",
+    "gpu_floor_mb",
 )
 _GC_THRESHOLD_FIELDS: Final = ("gc_threshold_gen0", "gc_threshold_gen1", "gc_threshold_gen2")
 #: The real bounds of each positive field: past them a value overflows later (a byte count
@@ -69,6 +79,7 @@ _UPPER: Final[Mapping[str, float]] = MappingProxyType(
         "spill_max_gb": float(1 << 32),
         "spill_idle_minutes": 1e8,
         "spill_min_buffer_mb": float(1 << 42),
+        "gpu_floor_mb": float(1 << 42),
     }
 )
 #: gc.set_threshold takes a C int.
@@ -148,6 +159,11 @@ class MemoryConfig:
     #: readings, level changes and emergency runs), read back at the next start to say how
     #: the previous run ended; "" = off.
     state_dir: str = ""
+    #: Beyond the reference: the GPU ladder, per device (docs/gpu.md): warning and critical
+    #: used percent, and the free MiB below which a device is in EMERGENCY.
+    gpu_warning_percent: float = 85.0
+    gpu_critical_percent: float = 90.0
+    gpu_floor_mb: float = 512.0
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -247,6 +263,13 @@ def _validate(config: MemoryConfig) -> None:
             config.max_memory_percent,
             "warning threshold must be below the proactive-GC threshold "
             f"({config.proactive_gc_threshold:g} %)",
+        )
+    if config.gpu_warning_percent >= config.gpu_critical_percent:
+        raise ConfigError(
+            _name(config, "gpu_warning_percent"),
+            config.gpu_warning_percent,
+            "GPU warning threshold must be below the GPU critical threshold "
+            f"({config.gpu_critical_percent:g} %)",
         )
 
 

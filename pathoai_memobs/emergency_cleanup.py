@@ -53,7 +53,10 @@ class EmergencyCleanup:
     """Runs emergency cleanups for one monitor: ``sample`` takes a fresh reading (and moves
     the monitor's level), ``target_bytes`` is the available memory a run aims for,
     ``sessions``/``gc_manager`` return what the built-in steps work on (or None), and
-    ``count_error`` reports a failing built-in step."""
+    ``count_error`` reports a failing built-in step. ``gpu_cleanup.GpuCleanup`` runs the
+    same way for one GPU, with its own plan, measure and event."""
+
+    event = EMERGENCY_CLEANUP
 
     def __init__(
         self,
@@ -207,14 +210,14 @@ class EmergencyCleanup:
             emit(WARNING, CLEANUP_CALLBACK_FUTILE, callback=name, runs=FUTILE_AFTER)
         emit(
             WARNING,
-            EMERGENCY_CLEANUP,
+            self.event,
             reason=reason,
             restored=run.restored,
             freed_bytes=run.freed_bytes,
             duration_s=round(run.duration_s, 4),
             available_before=run.available_before,
             available_after=run.available_after,
-            **split_of(self._managed(), self._sample()),
+            **self._event_fields(),
             steps=[
                 {"name": s.name, "freed_bytes": s.freed_bytes, "duration_s": round(s.duration_s, 4)}
                 | ({} if s.ok else {s.status.value: True})
@@ -225,6 +228,9 @@ class EmergencyCleanup:
 
     def _available(self) -> int:
         return self._sample().available_bytes
+
+    def _event_fields(self) -> dict[str, object]:
+        return dict(split_of(self._managed(), self._sample()))
 
     def _user_step(self, cb: RegisteredCallback) -> Callable[[], StepStatus]:
         return lambda: run_with_budget(

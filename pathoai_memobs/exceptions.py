@@ -48,6 +48,38 @@ class InsufficientMemoryError(MemoryManagementError):
         super().__init__(f"insufficient memory: {detail}")
 
 
+class InsufficientGpuMemoryError(InsufficientMemoryError):
+    """Admitting an operation would push GPU ``device``'s free memory below its floor (or
+    the device is in its EMERGENCY): answered 503 with Retry-After like host memory. The MB
+    figures are the device's."""
+
+    def __init__(
+        self,
+        device: int,
+        required_mb: float,
+        available_mb: float,
+        *,
+        floor_mb: float | None = None,
+        reserved_mb: float = 0.0,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(required_mb, available_mb, floor_mb=floor_mb, reserved_mb=reserved_mb,
+                         retry_after_s=retry_after_s)  # fmt: skip
+        self.device = device
+        self.args = (f"GPU {device}: {self.args[0]}".replace("memory", "GPU memory", 1),)
+
+
+class GpuUnavailableError(MemoryManagementError, ValueError):
+    """GPU memory was asked of a device that cannot be read (no such index, no NVML nor
+    torch CUDA, or the device was lost): a configuration or hardware fault, not pressure."""
+
+    def __init__(self, device: int, readable: tuple[int, ...]) -> None:
+        self.device = device
+        self.readable = readable
+        seen = ", ".join(map(str, readable)) or "none"
+        super().__init__(f"GPU {device} cannot be read (readable devices: {seen})")
+
+
 class ReadingUnavailableError(InsufficientMemoryError):
     """Memory could not be read (a source file vanished or holds garbage) and the last good
     reading is too old to admit on: refused as short of memory, so a web layer answers 503

@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, cast
 
-from .admission import Admission
+from .admission import Admission, GpuNeed
 from .errors import ErrorCounts
 from .pressure import Level
 from .reading import Reading
@@ -51,7 +51,9 @@ BUDGET_IDLE_S = 0.25
 #: request renews it at each look, every POLL_S).
 WANT_TTL_S = 1.0
 
-Observe = Callable[[Reading, int, bool, int], tuple[bool, int]]
+Observe = Callable[[Reading, int, bool, int, "GpuNeed | None"], tuple[bool, int]]
+#: GPU bytes a request asks for: (device, bytes), or None for none.
+GpuAsk = tuple[int, int] | None
 
 
 class AdmissionGate:
@@ -71,6 +73,7 @@ class AdmissionGate:
         start_cleanup: Callable[[str], None],
         idle_free_s: float,
         floor: Callable[[int], int],
+        gpu: Callable[[int, int], GpuNeed] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sample, self._last, self._observe = sample, last, observe
@@ -79,17 +82,21 @@ class AdmissionGate:
         self._start_cleanup = start_cleanup
         self.idle_free_s = idle_free_s
         self._floor = floor  # the floor fitted to a limit
+        self._gpu = gpu  # a device's free bytes, floor and level, read now
         self._clock = clock
         self._freeing = threading.Lock()
+        self.start_gpu_cleanup: Callable[[int], None] | None = None  # set by the monitor
         self.freed_sessions = 0
         self.budget = SessionBudget()
 
     def admit(
-        self, required: int, *, hold: bool, wait_s: float = 0.0, new_work: bool = False
-    ) -> InsufficientMemoryError | None:
-        """Admit ``required`` bytes (held when ``hold``), freeing and waiting as above; the
-        refusal, counted and logged, where it does not fit in time."""
-        steps = self._steps(required, hold, wait_s, new_work)
+        self, required: int, *, hold: bool, wait_s: float = 0.0, new_work: bool = False,
+        gpu: GpuAsk = None,
+    ) -> InsufficientMemoryError | None:  # fmt: skip
+        """Admit ``required`` bytes (held when ``hold``), and ``gpu`` (device, bytes) in the
+        same decision, freeing and waiting as above; the refusal, counted and logged, where
+        it does not fit in time."""
+        steps = self._steps(required, hold, wait_s, new_work, gpu)
         try:
             while True:
                 self._admission.wait_for_change(next(steps))
@@ -99,11 +106,11 @@ class AdmissionGate:
             steps.close()
 
     async def admit_async(
-        self, required: int, *, wait_s: float, new_work: bool = False
+        self, required: int, *, wait_s: float, new_work: bool = False, gpu: GpuAsk = None
     ) -> InsufficientMemoryError | None:
         """``admit(required, hold=True, wait_s=...)`` for an event loop: the wait never
         blocks it (each look is a quick, non-blocking decision)."""
-        steps = self._steps(required, True, wait_s, new_work)
+        steps = self._steps(required, True, wait_s, new_work, gpu)
         try:
             while True:
                 await asyncio.sleep(next(steps))
@@ -113,63 +120,71 @@ class AdmissionGate:
             steps.close()
 
     def _steps(
-        self, required: int, hold: bool, wait_s: float, new_work: bool
+        self, required: int, hold: bool, wait_s: float, new_work: bool, gpu: GpuAsk = None
     ) -> Generator[float, None, InsufficientMemoryError | None]:
         """The decision, as a generator that yields how long to wait before looking again;
         it returns the refusal (or None). Sync and async callers differ only in the wait."""
         self._admission.count_request()
         self.serve_peers()  # another worker's new work may wait for sessions held here
-        admitted, reading, reserved = self._try(required, hold, 0, new_work)
-        if not admitted and self._free(required, reading, reserved):
-            admitted, reading, reserved = self._try(required, hold, 0, new_work)
+        admitted, reading, reserved, need = self._try(required, hold, 0, new_work, gpu)
+        if not admitted and self._free(required, reading, reserved, need):
+            admitted, reading, reserved, need = self._try(required, hold, 0, new_work, gpu)
         if admitted:
             return None
         if not hold or wait_s <= 0:
-            return self._refuse(required, reading, reserved)
+            return self._refuse(required, reading, reserved, gpu=need)
         ticket, started = self._admission.join(), self._clock()
         try:
             while True:
-                admitted, reading, reserved = self._try(required, hold, ticket, new_work)
-                if not admitted and self._first(ticket) and self._free(required, reading, reserved):
-                    admitted, reading, reserved = self._try(required, hold, ticket, new_work)
+                admitted, reading, reserved, need = self._try(required, hold, ticket, new_work,
+                                                              gpu)  # fmt: skip
+                if (not admitted and self._first(ticket)
+                        and self._free(required, reading, reserved, need)):  # fmt: skip
+                    admitted, reading, reserved, need = self._try(required, hold, ticket,
+                                                                  new_work, gpu)  # fmt: skip
                 if admitted:
                     self._waited("admitted", started)
                     return None
                 left = started + wait_s - self._clock()
                 if left <= 0:
-                    return self._give_up(ticket, started, required, reading, reserved)
+                    return self._give_up(ticket, started, required, reading, reserved, need)
                 yield min(left, POLL_S)
         except BaseException:  # interrupted while waiting (GeneratorExit included)
             self._admission.leave(ticket)
             raise
 
     @contextmanager
-    def hold(self, required: int, wait_s: float, *, new_work: bool = False) -> Iterator[None]:
-        """Admit and hold ``required`` bytes for the block; a refusal raises."""
-        error = self.admit(required, hold=True, wait_s=wait_s, new_work=new_work)
+    def hold(
+        self, required: int, wait_s: float, *, new_work: bool = False, gpu: GpuAsk = None
+    ) -> Iterator[None]:
+        """Admit and hold ``required`` bytes (and ``gpu``) for the block; a refusal raises."""
+        error = self.admit(required, hold=True, wait_s=wait_s, new_work=new_work, gpu=gpu)
         if error is not None:
             raise error
         started = self._clock()
         try:
             yield
         finally:
-            self._admission.release(required, self._clock() - started)
-            self._publish()
+            self._release(required, started, gpu)
 
     @asynccontextmanager
     async def hold_async(
-        self, required: int, wait_s: float, *, new_work: bool = False
+        self, required: int, wait_s: float, *, new_work: bool = False, gpu: GpuAsk = None
     ) -> AsyncIterator[None]:
         """``hold`` for an event loop."""
-        error = await self.admit_async(required, wait_s=wait_s, new_work=new_work)
+        error = await self.admit_async(required, wait_s=wait_s, new_work=new_work, gpu=gpu)
         if error is not None:
             raise error
         started = self._clock()
         try:
             yield
         finally:
-            self._admission.release(required, self._clock() - started)
-            self._publish()
+            self._release(required, started, gpu)
+
+    def _release(self, required: int, started: float, gpu: GpuAsk) -> None:
+        held = GpuNeed(gpu[0], gpu[1], 0, 0, Level.NORMAL) if gpu else None
+        self._admission.release(required, self._clock() - started, held)
+        self._publish()
 
     def _publish(self) -> None:
         """Publish this worker's session bytes once a request ends (an upload made one): the
@@ -184,21 +199,23 @@ class AdmissionGate:
     # -- steps ------------------------------------------------------------------------------
 
     def _try(
-        self, required: int, hold: bool, ticket: int, new_work: bool = False
-    ) -> tuple[bool, Reading, int]:
-        """One decision against a fresh reading (or, where that fails, a recent one)."""
+        self, required: int, hold: bool, ticket: int, new_work: bool = False, gpu: GpuAsk = None
+    ) -> tuple[bool, Reading, int, GpuNeed | None]:
+        """One decision against a fresh reading (or, where that fails, a recent one), and
+        the GPU's where ``gpu`` asks for device bytes."""
         try:
             reading = self._sample()
         except (OSError, ValueError, KeyError) as exc:  # a counted error and a typed refusal
             self._errors.count("sample", exc)
             reading = self._admission.fallback(self._last(), time.monotonic(), exc)
+        need = self._gpu(*gpu) if gpu and self._gpu is not None else None
         if new_work and not self._within_budget(required, reading):
             self._admission.hold_aside(ticket)  # requests for existing sessions go ahead
-            _, reserved = self._observe(reading, 0, False, 0)  # the reading counts; no hold
-            return False, reading, reserved
+            _, reserved = self._observe(reading, 0, False, 0, None)  # the reading counts
+            return False, reading, reserved, need
         self._admission.hold_aside(ticket, aside=False)
-        admitted, reserved = self._observe(reading, required, hold, ticket)
-        return admitted, reading, reserved
+        admitted, reserved = self._observe(reading, required, hold, ticket, need)
+        return admitted, reading, reserved, need
 
     def _within_budget(self, required: int, reading: Reading) -> bool:
         """Whether new work of ``required`` bytes fits the session budget, after freeing
@@ -278,9 +295,14 @@ class AdmissionGate:
     def _first(self, ticket: int) -> bool:
         return self._admission.position(ticket) == 0
 
-    def _free(self, required: int, reading: Reading, reserved: int) -> bool:
+    def _free(self, required: int, reading: Reading, reserved: int, need: GpuNeed | None) -> bool:
         """Free what no active request needs, up to what ``required`` lacks; True when
-        anything was freed. Not in EMERGENCY (the cleanup does that), and one at a time."""
+        anything was freed. Not in EMERGENCY (the cleanup does that), and one at a time.
+        Where the GPU refused, its device's cleanup frees (in EMERGENCY only)."""
+        if need is not None and need.short:
+            if need.level is Level.EMERGENCY and self.start_gpu_cleanup is not None:
+                self.start_gpu_cleanup(need.device)
+            return False
         sessions = self._sessions()
         lacking = required + reserved + self._admission.floor_bytes - reading.available_bytes
         if sessions is None or lacking <= 0 or self._level() is Level.EMERGENCY:
@@ -304,20 +326,25 @@ class AdmissionGate:
         with self._admission.lock:
             self._admission.waits.record(outcome, self._clock() - started)
 
-    def _give_up(
-        self, ticket: int, started: float, required: int, reading: Reading, reserved: int
-    ) -> InsufficientMemoryError:
+    def _give_up(  # noqa: PLR0917 -- the state of one wait, private
+        self, ticket: int, started: float, required: int, reading: Reading, reserved: int,
+        need: GpuNeed | None,
+    ) -> InsufficientMemoryError:  # fmt: skip
         ahead = max(0, self._admission.position(ticket))
         self._admission.leave(ticket)
         self._waited("timeout", started)
-        return self._refuse(required, reading, reserved, ahead=ahead)
+        return self._refuse(required, reading, reserved, ahead=ahead, gpu=need)
 
     def _refuse(
-        self, required: int, reading: Reading, reserved: int, *, ahead: int = -1
-    ) -> InsufficientMemoryError:
+        self, required: int, reading: Reading, reserved: int, *, ahead: int = -1,
+        gpu: GpuNeed | None = None,
+    ) -> InsufficientMemoryError:  # fmt: skip
         level = self._level()
         wait = self._cooldown_left_s()
-        error = self._admission.refuse(required, reading, reserved, level, wait, ahead=ahead)
+        error = self._admission.refuse(required, reading, reserved, level, wait, ahead=ahead,
+                                       gpu=gpu)  # fmt: skip
+        if gpu is not None and gpu.short:
+            return error
         if level is Level.EMERGENCY:
             self._start_cleanup("rejection")
         return error

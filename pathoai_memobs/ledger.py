@@ -7,7 +7,8 @@ must also see the others' reservations, or two admit the same bytes at once.
 - ``LocalLedger``: this process only (the default).
 - ``SharedLedger``: one small file that every worker maps (``ledger_dir``, e.g. the
   multiprocess directory). A header and one slot per process (pid, bytes held, session
-  bytes, so the session budget sees every worker's sessions). Every
+  bytes, so the session budget sees every worker's sessions, and GPU bytes held per
+  device). Every
   decision runs under a POSIX record lock on the header, so none is made on a stale total
   (no double booking). Each process also holds a record lock on its own slot for its life;
   the kernel drops it when the process dies however it dies, so a slot whose lock can be
@@ -40,14 +41,18 @@ if TYPE_CHECKING:
     from .config import MemoryConfig
 
 MAGIC: Final = b"PATHOAIL"
-VERSION: Final = 3
+VERSION: Final = 4
 SLOTS: Final = 128
+#: GPU devices a ledger books for (indexes 0..GPU_DEVICES-1).
+GPU_DEVICES: Final = 16
 HEADER: Final = struct.Struct("<8sII")  # magic, version, slots
 HEADER_SIZE: Final = 64
 WANT: Final = struct.Struct("<qd")  # at HEADER.size: session bytes wanted, until (monotonic)
-SLOT: Final = struct.Struct("<qqq")  # pid, bytes held, session bytes
+SLOT: Final = struct.Struct(f"<qqq{GPU_DEVICES}q")  # pid, held, sessions, GPU held per device
+_STRIDE: Final = 3 + GPU_DEVICES
 FILE_NAME: Final = "pathoai_ledger.bin"
-_ALL: Final = struct.Struct(f"<{3 * SLOTS}q")
+_ALL: Final = struct.Struct(f"<{_STRIDE * SLOTS}q")
+_EMPTY: Final = (0,) * GPU_DEVICES
 
 
 class Ledger(Protocol):
@@ -62,6 +67,8 @@ class Ledger(Protocol):
     def want(self, nbytes: int, now: float, ttl_s: float) -> None: ...
     def wanted(self, now: float) -> int: ...
     def served(self, nbytes: int) -> None: ...
+    def gpu_total(self, device: int) -> int: ...
+    def gpu_add(self, device: int, nbytes: int) -> None: ...
 
 
 class LocalLedger:
@@ -69,6 +76,13 @@ class LocalLedger:
 
     def __init__(self) -> None:
         self._bytes = 0
+        self._gpu = [0] * GPU_DEVICES
+
+    def gpu_total(self, device: int) -> int:
+        return self._gpu[device]
+
+    def gpu_add(self, device: int, nbytes: int) -> None:
+        self._gpu[device] += nbytes
 
     def transaction(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
@@ -97,6 +111,7 @@ class LocalLedger:
 
     def forked(self) -> None:
         self._bytes = 0  # the parent's requests did not come along
+        self._gpu = [0] * GPU_DEVICES
 
 
 class _File:
@@ -154,20 +169,27 @@ class _File:
         """A free slot, or one a dead process left; locked by this process for its life."""
         values = _ALL.unpack_from(self.map, HEADER_SIZE)
         for slot in range(SLOTS):
-            pid = values[3 * slot]
+            pid = values[_STRIDE * slot]
             if pid == 0 or not self._alive(slot, pid):
-                SLOT.pack_into(self.map, self._offset(slot), os.getpid(), 0, 0)
+                SLOT.pack_into(self.map, self._offset(slot), os.getpid(), 0, 0, *_EMPTY)
                 fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, self._offset(slot))
                 return slot
         raise ConfigError("ledger_dir", self.path, f"all {SLOTS} ledger slots are in use")
 
     def total(self) -> int:
-        return sum(_ALL.unpack_from(self.map, HEADER_SIZE)[1::3])
+        return sum(_ALL.unpack_from(self.map, HEADER_SIZE)[1::_STRIDE])
 
     def sessions(self, own: int) -> int:
         """Publish this process's session bytes; every live process's sum."""
         struct.pack_into("<q", self.map, self._offset(self.slot) + 16, own)
-        return sum(_ALL.unpack_from(self.map, HEADER_SIZE)[2::3])
+        return sum(_ALL.unpack_from(self.map, HEADER_SIZE)[2::_STRIDE])
+
+    def gpu_total(self, device: int) -> int:
+        """GPU bytes every live process holds on ``device``."""
+        return sum(_ALL.unpack_from(self.map, HEADER_SIZE)[3 + device :: _STRIDE])
+
+    def gpu_add(self, device: int, nbytes: int) -> None:
+        self._add(self._offset(self.slot) + 8 * (3 + device), nbytes)
 
     def want(self, nbytes: int, now: float, ttl_s: float) -> None:
         """Ask the other workers for ``nbytes`` of their sessions for ``ttl_s`` from
@@ -186,19 +208,21 @@ class _File:
         WANT.pack_into(self.map, HEADER.size, max(0, wanted - nbytes), until)
 
     def add(self, nbytes: int) -> None:
-        offset = self._offset(self.slot) + 8
+        self._add(self._offset(self.slot) + 8, nbytes)
+
+    def _add(self, offset: int, nbytes: int) -> None:
         (held,) = struct.unpack_from("<q", self.map, offset)
         struct.pack_into("<q", self.map, offset, held + nbytes)
 
     def reap(self) -> int:
-        """Release the slots of processes that died; the bytes they held."""
+        """Release the slots of processes that died; the bytes they held (host and GPU)."""
         values = _ALL.unpack_from(self.map, HEADER_SIZE)
         freed = 0
         for slot in range(SLOTS):
-            pid, held = values[3 * slot], values[3 * slot + 1]
+            pid, held = values[_STRIDE * slot], values[_STRIDE * slot + 1]
             if pid != 0 and slot != self.slot and not self._alive(slot, pid):
-                SLOT.pack_into(self.map, self._offset(slot), 0, 0, 0)
-                freed += held
+                SLOT.pack_into(self.map, self._offset(slot), 0, 0, 0, *_EMPTY)
+                freed += held + sum(values[_STRIDE * slot + 3 : _STRIDE * (slot + 1)])
         return freed
 
 
@@ -267,6 +291,12 @@ class SharedLedger:
 
     def served(self, nbytes: int) -> None:
         self._file().served(nbytes)
+
+    def gpu_total(self, device: int) -> int:
+        return self._file().gpu_total(device)
+
+    def gpu_add(self, device: int, nbytes: int) -> None:
+        self._file().gpu_add(device, nbytes)
 
     def forked(self) -> None:
         """Nothing to renew here: the next call opens this process's own file and slot."""

@@ -52,6 +52,11 @@ SPILL_REFUSED: Final = "spill_refused"
 ALLOCATOR_TRIMMED: Final = "allocator_trimmed"
 ALLOCATOR_ARENAS_HIGH: Final = "allocator_arenas_high"
 PREVIOUS_RUN: Final = "previous_run"
+GPU_READER_OFF: Final = "gpu_reader_off"
+GPU_DEVICE_LOST: Final = "gpu_device_lost"
+GPU_LEVEL_CHANGED: Final = "gpu_level_changed"
+GPU_EMERGENCY_CLEANUP: Final = "gpu_emergency_cleanup"
+GPU_OOM_CAUGHT: Final = "gpu_oom_caught"
 
 Format = Literal["auto", "json", "console"]
 

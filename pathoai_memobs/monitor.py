@@ -2,7 +2,8 @@
 
 - readings and the level: here, with the ladder's decisions in ``pressure``;
 - admission: ``admission.Admission`` over a ``ledger`` (reserved bytes, refusals, hints);
-- the loop: ``sampling_loop`` (``level_actions`` acts); cleanup: ``emergency_cleanup``.
+- the loop: ``sampling_loop`` (``level_actions`` acts); cleanup: ``emergency_cleanup``
+  (its methods in ``monitor_cleanup``); GPUs: ``gpu_watch`` (a ladder per device).
 
 A refused request starts an emergency cleanup in the background only while the level is
 EMERGENCY; otherwise memory is merely short for that size and nothing needs freeing.
@@ -13,17 +14,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .admission import Admission
+from .admission import Admission, GpuNeed
 from .breakdown import Breakdown
 from .config import MemoryConfig
-from .emergency import EmergencyRun, EmergencyTotals
 from .emergency_cleanup import EmergencyCleanup
 from .errors import ErrorCounts
 from .gate import AdmissionGate
-from .ledger import open_ledger
+from .gpu_watch import GpuWatch
+from .ledger import GPU_DEVICES, open_ledger
 from .level_actions import LevelActions, log_level_change
+from .monitor_cleanup import CleanupMethods
 from .postmortem import Keeper
 from .pressure import Level, Thresholds, classify, headroom_bytes
 from .readers.psi import CachedPsi, Pressure
@@ -33,9 +35,8 @@ from .sampling_loop import Sampler, SamplingLoop
 from .units import non_negative, to_bytes_mb
 
 if TYPE_CHECKING:
-    from .allocator import Allocator
-    from .bounded_cache import BoundedCache
     from .gc_manager import GarbageCollectionManager
+    from .readers.gpu import GpuReader
     from .session_manager import SessionManager
 
 #: How long cgroup limits are reused before a full step reads them again; how often PSI
@@ -43,13 +44,15 @@ if TYPE_CHECKING:
 LIMIT_TTL_S = PSI_TTL_S = 1.0
 
 
-class MemoryMonitor:
+class MemoryMonitor(CleanupMethods):
     """Reads memory as the OOM killer sees it, walks the pressure ladder, and decides whether
     new work may start. ``root`` points the readers at another tree (fixture trees);
     ``sampler`` replaces them; ``source="psutil"`` reads through psutil (machines without
     /proc; "auto" picks it only there). ``sessions`` and ``gc_manager`` give emergency
     cleanup its built-in steps. The thread starts with ``start()``, ``with``, or on its own
     when the config enables background monitoring; ``native=False`` keeps its rest in Python.
+    ``gpu`` replaces the GPU reader (an NVML stand-in in tests; by default NVML and the
+    application's torch, off where neither is there).
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class MemoryMonitor:
         callback_budget_s: float = 2.0,
         proactive_gc_interval_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        gpu: GpuReader | None = None,
     ) -> None:
         if config is not None and not isinstance(config, MemoryConfig):
             raise TypeError(f"config must be a MemoryConfig, got {type(config).__name__}")
@@ -123,7 +127,13 @@ class MemoryMonitor:
             start_cleanup=self._cleanup.start,
             idle_free_s=config.session_idle_free_minutes * 60,
             floor=lambda total: self.thresholds.for_total(total).floor_bytes,
+            gpu=lambda device, nbytes: self._gpu.need(device, nbytes),  # noqa: PLW0108 -- made below
         )
+        self._gpu = GpuWatch(
+            config, gpu, sessions=lambda: self.sessions, count_error=self._errors.count,
+            cooldown_s=emergency_cooldown_s, callback_budget_s=callback_budget_s, clock=clock,
+        )  # fmt: skip
+        self._gate.start_gpu_cleanup = lambda device: self._gpu.cleanup(device).start("rejection")
         self.sessions = sessions
         self._postmortem = (
             Keeper(config, self.oom_kills, self.emergency_runs_since, self._errors.count)
@@ -154,10 +164,11 @@ class MemoryMonitor:
         return reading
 
     def _observe(
-        self, reading: Reading, required: int = 0, hold: bool = False, ticket: int = 0
-    ) -> tuple[bool, int]:
+        self, reading: Reading, required: int = 0, hold: bool = False, ticket: int = 0,
+        gpu: GpuNeed | None = None,
+    ) -> tuple[bool, int]:  # fmt: skip
         """Record ``reading``, move the level, and under the same lock admit ``required``
-        bytes (held when ``hold``): (admitted, bytes reserved before)."""
+        bytes (and ``gpu``; held when ``hold``): (admitted, bytes reserved before)."""
         with self._admission.lock:  # the reading, the level and admission at once
             previous = self._level
             t = self.thresholds.for_total(reading.total_bytes)  # the rungs fitted to the limit
@@ -165,7 +176,7 @@ class MemoryMonitor:
             self._level, self._last, self._last_good_wall = level, reading, reading.timestamp
             self._samples += 1
             admitted, reserved = self._admission.admit_locked(
-                level, reading.available_bytes, required, hold=hold, ticket=ticket
+                level, reading.available_bytes, required, hold=hold, ticket=ticket, gpu=gpu
             )
         if level is not previous:
             log_level_change(previous, level, reading, self.managed_bytes())
@@ -180,6 +191,12 @@ class MemoryMonitor:
             self._gate.serve_peers()  # sessions held here that another worker waits for
         except Exception as exc:
             self._errors.count("action", exc)
+        try:
+            self._gpu.step()  # at rest too: the host's rest band knows nothing of GPUs
+            gpu_pace = self.config.monitoring_interval_sec if self._gpu.active else None
+            self._loop.max_rest_s = gpu_pace
+        except Exception as exc:
+            self._errors.count("gpu", exc)
         t, r = self.thresholds.for_total(reading.total_bytes), reading
         return headroom_bytes(r.total_bytes, r.used_bytes, r.available_bytes, t)
 
@@ -250,22 +267,43 @@ class MemoryMonitor:
             raise error
         return error is None
 
+    def check_gpu_memory_available(self, required_mb: float, device: int = 0) -> bool:
+        """``check_memory_available`` for GPU ``device``: True when ``required_mb`` MiB fit
+        above its floor, below its EMERGENCY; else InsufficientGpuMemoryError (or False
+        without request rejection). GpuUnavailableError where the device cannot be read."""
+        ask = _gpu_ask(required_mb, device)
+        error = self._gate.admit(0, hold=False, gpu=ask)
+        if error is not None and self.config.enable_request_rejection:
+            raise error
+        return error is None
+
     def reserve(
-        self, required_mb: float, *, wait_s: float = 0.0, new_work: bool = False
-    ) -> AbstractContextManager[None]:
+        self, required_mb: float, *, wait_s: float = 0.0, new_work: bool = False,
+        gpu_mb: float = 0.0, device: int = 0,
+    ) -> AbstractContextManager[None]:  # fmt: skip
         """Admit ``required_mb`` MiB and hold them until the ``with`` block ends: two requests
         that each fit alone are not both admitted when together they don't. With ``wait_s``,
         wait in line that long for memory first; ``new_work`` (for no existing session) must
-        fit the session budget too (``gate.budget``). A refusal raises InsufficientMemoryError."""
+        fit the session budget too (``gate.budget``); ``gpu_mb`` MiB on GPU ``device`` must
+        fit that device too, in the same decision and line. A refusal raises
+        InsufficientMemoryError (InsufficientGpuMemoryError where the GPU refused)."""
         wait = non_negative("wait_s", wait_s, maximum=3600)
-        return self._gate.hold(to_bytes_mb(required_mb), wait, new_work=new_work)
+        gpu = _gpu_ask(gpu_mb, device) if gpu_mb else None
+        return self._gate.hold(to_bytes_mb(required_mb), wait, new_work=new_work, gpu=gpu)
 
     def reserve_async(
-        self, required_mb: float, *, wait_s: float = 0.0, new_work: bool = False
-    ) -> AbstractAsyncContextManager[None]:
+        self, required_mb: float, *, wait_s: float = 0.0, new_work: bool = False,
+        gpu_mb: float = 0.0, device: int = 0,
+    ) -> AbstractAsyncContextManager[None]:  # fmt: skip
         """``reserve`` for an event loop (``async with``): waiting never blocks the loop."""
         wait = non_negative("wait_s", wait_s, maximum=3600)
-        return self._gate.hold_async(to_bytes_mb(required_mb), wait, new_work=new_work)
+        gpu = _gpu_ask(gpu_mb, device) if gpu_mb else None
+        return self._gate.hold_async(to_bytes_mb(required_mb), wait, new_work=new_work, gpu=gpu)
+
+    @property
+    def gpu(self) -> GpuWatch:
+        """The GPU part: devices read last, their levels, cleanups (for exporters)."""
+        return self._gpu
 
     @property
     def gate(self) -> AdmissionGate:
@@ -320,77 +358,9 @@ class MemoryMonitor:
         """Early wake-ups of the background thread, by source."""
         return self._loop.wakeups_total
 
-    # -- emergency cleanup ------------------------------------------------------------------
 
-    def register_cleanup_callback(
-        self, fn: Callable[[], object], *, name: str, priority: int = 100,
-        size: Callable[[], int] | None = None,
-    ) -> None:  # fmt: skip
-        """Add an emergency cleanup step, run before the built-in ones in its own thread within
-        ``callback_budget_s``; lower ``priority`` first. ``name`` labels metrics and logs.
-        ``size``, where given, says how many bytes what the callback frees holds now (a
-        model cache's size): counted as managed memory."""
-        if size is not None and not callable(size):
-            raise TypeError(f"size must be a callable returning bytes, got {size!r}")
-        self._cleanup.register(fn, name=name, priority=priority)
-        if size is not None:
-            self._breakdown.sizes[name] = size
-
-    def register_cache(self, cache: BoundedCache[Any, Any]) -> None:
-        """Let the ladder shrink ``cache`` at WARNING and above, and empty it in an emergency
-        cleanup (a step named ``cache_<name>``, before the user's default priority)."""
-        if any(c.name == cache.name for c in self._actions.caches):
-            raise ValueError(f"a cache named {cache.name!r} is registered already")
-        self._cleanup.register(cache.clear, name=f"cache_{cache.name}", priority=50)
-        self._actions.caches.append(cache)
-
-    def memory_breakdown(self) -> tuple[dict[str, int] | None, dict[str, int] | None]:
-        """What the memory is, read now (for exporters, at scrape time): the cgroup's charge
-        by kind (None outside a cgroup) and this process's resident memory by kind."""
-        reader = self._breakdown.reader()
-        return reader.charged(), reader.process()
-
-    @property
-    def allocator(self) -> Allocator:
-        """The C allocator's state and trims (the ladder trims at WARNING and above)."""
-        return self._actions.allocator
-
-    def oom_kills(self) -> int | None:
-        """Processes the OOM killer took in this cgroup (or on the host outside one), read
-        now; None where the kernel does not say."""
-        return self._breakdown.reader().oom_kills()
-
-    def managed_bytes(self) -> int:
-        """Bytes this process's memory is accounted for (Dask's "managed" memory): session
-        bytes, reservations in flight, what registered bounded caches hold, and what cleanup
-        callbacks with a ``size`` report (a size that fails counts 0)."""
-        sessions = self.sessions.total_bytes if self.sessions is not None else 0
-        return self._breakdown.managed(sessions, self.reserved_bytes, self._actions.caches)
-
-    @property
-    def caches(self) -> tuple[BoundedCache[Any, Any], ...]:
-        """The registered bounded caches (for exporters)."""
-        return tuple(self._actions.caches)
-
-    def unregister_cleanup_callback(self, name: str) -> bool:
-        self._breakdown.sizes.pop(name, None)
-        return self._cleanup.unregister(name)
-
-    @property
-    def cleanup_callback_names(self) -> tuple[str, ...]:
-        """Registered callback names, in the order they run."""
-        return self._cleanup.names
-
-    @property
-    def emergency_totals(self) -> EmergencyTotals:
-        """A copy of the emergency counters (runs, bytes freed, durations, failures)."""
-        return self._cleanup.totals
-
-    def emergency_runs_since(self, since: int) -> tuple[list[EmergencyRun], int]:
-        """Runs after the first ``since``, and the new ``since`` (for exporters)."""
-        return self._cleanup.runs_since(since)
-
-    def run_emergency_cleanup(self, reason: str = "manual") -> EmergencyRun | None:
-        """One emergency cleanup now, in this thread (None if one is running): a step at a
-        time, re-measured after each, until available memory is above the floor's margin."""
-        return self._cleanup.run(reason)
+def _gpu_ask(required_mb: float, device: int) -> tuple[int, int]:
+    """(device, bytes) for the gate; a bad device index or amount raises ValueError."""
+    if isinstance(device, bool) or not isinstance(device, int) or not 0 <= device < GPU_DEVICES:
+        raise ValueError(f"device must be a GPU index in 0..{GPU_DEVICES - 1}, got {device!r}")
+    return device, to_bytes_mb(required_mb, "gpu_mb")

@@ -111,6 +111,9 @@ class SamplingLoop:
         self._cpu_seconds = 0.0
         self._rss_next = 0.0
         self._burst_until = 0.0
+        #: At most this long at rest before a full step (None: REST_FULL_STEP_S); the
+        #: monitor sets its interval while a GPU is read, which the rest band cannot watch.
+        self.max_rest_s: float | None = None
         self._pending: Reading | None = None  # a rest reading that left the band: step it next
         self._latest: Reading | None = None  # the Python rest loop's latest look
         # Rest samples not in the compiled loop's own count (the Python loop's, less those the
@@ -281,6 +284,7 @@ class SamplingLoop:
         native, wakeups = self.native, self._wakeups
         if native is not None and wakeups is not None:
             every = REST_FULL_STEP_S if pace >= base else REST_PERIOD_S
+            every = every if self.max_rest_s is None else min(every, self.max_rest_s)
             samples = max(1, round(every / pace))
             reason, _taken, detail = native.watch(wakeups.poll_fds(), pace, samples, band)
             if reason == EVENT and isinstance(detail, list):
@@ -295,9 +299,10 @@ class SamplingLoop:
         if not isinstance(sampler, MemorySampler):  # a synthetic sampler only waits
             self._sleep(pace)
             return
+        due = None if self.max_rest_s is None else self._clock() + self.max_rest_s
         while self._sleep(pace):
-            if self._clock() >= self._rss_next:
-                return  # the RSS is due
+            if self._clock() >= self._rss_next or (due is not None and self._clock() >= due):
+                return  # the RSS (or the GPU) is due
             reading = sampler.rest_sample()
             if not band.holds(reading.total_bytes, reading.used_bytes, reading.available_bytes):
                 self._pending = reading

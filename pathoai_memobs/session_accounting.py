@@ -152,3 +152,17 @@ def eviction_order(
         freed += session.host
         chosen.append(session)
     return chosen
+
+
+def device_order(sessions: Iterable[SessionRecord], bytes_needed: int) -> list[SessionRecord]:
+    """Which sessions to free GPU memory from: unpinned ones holding device bytes, most
+    first, until their device bytes cover ``bytes_needed`` (the GPU ladder's emergency)."""
+    candidates = sorted((s for s in sessions if s.pins == 0 and s.device > 0),
+                        key=lambda s: -s.device)  # fmt: skip
+    chosen, freed = [], 0
+    for session in candidates:
+        if freed >= bytes_needed:
+            break
+        freed += session.device
+        chosen.append(session)
+    return chosen

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from .durations import Durations
 from .exceptions import SpillCorruptError, SpillRefusedError
 from .logging import SPILL_REFUSED, WARNING, emit
-from .session_accounting import SessionRecord, apply, eviction_order, recount
+from .session_accounting import SessionRecord, apply, device_order, eviction_order, recount
 from .sizeof import measure
 from .spill_plan import Group, Spilled, read_back, spill_plan, spilled_files, write
 from .spill_store import SpillStore
@@ -92,8 +92,40 @@ class SpillingSessions:
             self._refusing.clear()  # spilling works again: the next refusal is news
         return freed
 
-    def _plan(self, session: SessionRecord) -> list[Group]:
-        return spill_plan(session.data, self.spill_min_bytes, session.refs)
+    def _plan(self, session: SessionRecord, device: bool = False) -> list[Group]:
+        return spill_plan(session.data, self.spill_min_bytes, session.refs, device=device)
+
+    def free_device(self, bytes_needed: int) -> int:
+        """Free GPU memory for the GPU ladder's emergency: unpinned sessions holding the most
+        device bytes first, their CUDA tensors spilled where a store is set (they come back
+        on the device at the next access), else the sessions evicted (reason "emergency",
+        hooks run). The device bytes freed (torch caches them until ``empty_cache``)."""
+        if bytes_needed <= 0:
+            return 0
+        with self._lock:
+            chosen = device_order(self._sessions.values(), bytes_needed)
+            before = {s.sid: s.device for s in chosen}
+        store = self.spill_store
+        if store is None:
+            with self._lock:
+                removed = [self._detach(s, "emergency") for s in chosen
+                           if self._sessions.get(s.sid) is s and not s.pins]  # fmt: skip
+            self._hooks.run_all(removed)
+            return sum(before[r.sid] for r in removed)
+        freed = 0
+        with self._spilling:
+            for session in chosen:
+                if freed >= bytes_needed:
+                    break
+                with self._lock:
+                    version, plan = session.version, self._plan(session, device=True)
+                try:
+                    self._spill_one(store, session, version, plan, device=True)
+                except SpillRefusedError as exc:
+                    self._refused(exc)
+                    break
+                freed += max(0, before[session.sid] - session.device)
+        return freed
 
     def _refused(self, exc: SpillRefusedError) -> None:
         """Count and log a refusal once per cause, not once per attempt: the ladder tries
@@ -107,7 +139,7 @@ class SpillingSessions:
 
     def _spill_one(
         self, store: SpillStore, session: SessionRecord, version: int,
-        plan: list[Group],
+        plan: list[Group], device: bool = False,
     ) -> int:  # fmt: skip
         """Write one session's plan and commit it; the bytes freed. A session updated while
         it was written (still there, unpinned) is planned and written once more, rather
@@ -124,10 +156,7 @@ class SpillingSessions:
                     return committed
                 if self._sessions.get(session.sid) is not session or session.pins:
                     return 0
-                version, plan = (
-                    session.version,
-                    self._plan(session),
-                )
+                version, plan = session.version, self._plan(session, device)
         return 0
 
     def _commit_spill(

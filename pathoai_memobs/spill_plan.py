@@ -72,19 +72,25 @@ def spillable(value: Any, min_bytes: int) -> bool:
     return bool(owns and flags["C_CONTIGUOUS"] and not dtype.hasobject)
 
 
-def _as_array(value: Any) -> tuple[Any, str]:
-    """A CPU torch tensor that is the whole of its storage is spilled as the numpy array
-    sharing its memory (``wrap`` "torch": it comes back through ``torch.from_numpy``); any
-    other value as it is. torch is never imported here: only a tensor's own methods run."""
+def _as_array(value: Any, on_device: bool = False) -> tuple[Any, str]:
+    """A torch tensor that is the whole of its storage is spilled as a numpy array: a CPU
+    one as the array sharing its memory (``wrap`` "torch": it comes back through
+    ``torch.from_numpy``); with ``on_device``, a CUDA one as a host copy (``wrap`` its
+    device, "cuda:0": it comes back on that device). Any other value as it is. torch is
+    never imported here: only a tensor's own methods run."""
     if type(value).__module__.split(".")[0] != "torch" or not hasattr(value, "numpy"):
         return value, ""
-    device = getattr(getattr(value, "device", None), "type", None)
-    if device != "cpu" or getattr(value, "requires_grad", True) or value.storage_offset():
+    device = getattr(value, "device", None)
+    kind = getattr(device, "type", None)
+    if (kind != "cpu") is not on_device or getattr(value, "requires_grad", True):
         return value, ""
-    if not value.is_contiguous() or value.untyped_storage().nbytes() != value.nbytes:
+    if value.storage_offset() or not value.is_contiguous():
         return value, ""
-    array = value.numpy()
-    return array, "torch"
+    if value.untyped_storage().nbytes() != value.nbytes:
+        return value, ""
+    if on_device:  # the host copy lives only until it is written
+        return value.detach().cpu().numpy(), f"{kind}:{getattr(device, 'index', 0) or 0}"
+    return value.numpy(), "torch"
 
 
 def _view_of(value: Any, root: Any) -> View | None:
@@ -107,10 +113,12 @@ def _address(buffer: bytes | bytearray) -> int:
 
 
 def spill_plan(
-    data: Mapping[str, Any], min_bytes: int, reach: Mapping[int, BufferRef] | None = None
-) -> list[Group]:
+    data: Mapping[str, Any], min_bytes: int, reach: Mapping[int, BufferRef] | None = None,
+    *, device: bool = False,
+) -> list[Group]:  # fmt: skip
     """The buffers to write, once each, with every value over it and the keys holding each;
-    largest first. A buffer shared by several keys or views is one file; views (numpy
+    largest first; with ``device``, the session's CUDA tensors only (the GPU's emergency).
+    A buffer shared by several keys or views is one file; views (numpy
     slices, ``np.frombuffer``) are rebuilt over it on restore. Small values stay, and so
     does a buffer that other keys reach too (a list of tile views, say: per ``reach``, the
     session's accounting), since writing it would free nothing and split the sharing."""
@@ -119,7 +127,7 @@ def spill_plan(
     for key, value in data.items():
         if isinstance(value, Spilled):
             continue
-        if isinstance(value, (list, tuple)):  # tiles: views of one buffer, rebuilt as such
+        if isinstance(value, (list, tuple)) and not device:  # tiles: views of one buffer
             found = _views_in(value, min_bytes)
             if found is None:
                 continue
@@ -130,7 +138,9 @@ def spill_plan(
                 group[1].append((value, views, "", []))
             group[1][slots[id(value)]][3].append(key)
             continue
-        array, wrap = _as_array(value)
+        array, wrap = _as_array(value, device)
+        if device and not wrap:
+            continue
         if wrap:  # the tensor's whole storage, as an array over it
             root, ident = array, value.untyped_storage().data_ptr()
             ok = array.nbytes >= min_bytes and not array.dtype.hasobject
@@ -222,10 +232,12 @@ def _rebuild(root: Any, mark: Spilled, views: dict[tuple[str, View | None], Any]
     if made not in views:
         views[made] = _view(root, mark.view)
     value = views[made]
-    if mark.wrap == "torch":
+    if mark.wrap:
         import sys  # noqa: PLC0415
 
         value = sys.modules["torch"].from_numpy(value)  # the app imported it: a tensor was spilled
+        if mark.wrap != "torch":
+            value = value.to(mark.wrap)  # back on its device
     return value
 
 

@@ -63,7 +63,9 @@ CHARGE_KINDS: Final = ("anon", "file_active", "file_inactive", "shmem", "kernel"
 PROCESS_KINDS: Final = ("anon", "file", "shmem")
 HEAP_STATES: Final = ("in_use", "free", "mmapped")
 REMOVAL_REASONS: Final = ("timeout", "explicit", "emergency", "idle", "budget", "spill_corrupt")
-ERROR_PLACES: Final = ("sample", "action", "wakeups", "emergency_step", "emergency_run", "scrape")
+ERROR_PLACES: Final = (
+    "sample", "action", "wakeups", "emergency_step", "emergency_run", "scrape", "gpu",
+)  # fmt: skip
 
 
 # A table: one metric a line reads better than each wrapped over eight.

@@ -13,7 +13,8 @@ from ..exceptions import (
     SessionNotFoundError,
     SpillCorruptError,
 )
-from .routes import AdmissionMiddlewareBase, Answer, error_answer, refusal
+from ..gpu_errors import CAUGHT, is_cuda_oom
+from .routes import AdmissionMiddlewareBase, Answer, error_answer, need_of, refusal
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -39,7 +40,7 @@ class MemoryAdmissionMiddleware(AdmissionMiddlewareBase[ASGIApp]):
         if size is None:
             await self.app(scope, receive, send)
             return
-        mb = size(scope) if callable(size) else size
+        need = need_of(size, scope)
         pin, new_work, sid = self.pin(scope, restore=False)
         async with AsyncExitStack() as held:  # the pin, then the reservation, until sent
             try:
@@ -51,7 +52,10 @@ class MemoryAdmissionMiddleware(AdmissionMiddlewareBase[ASGIApp]):
                 assert answer is not None
                 await _answer(send, answer)
                 return
-            reservation = self.monitor.reserve_async(mb, wait_s=self.wait_s, new_work=new_work)
+            reservation = self.monitor.reserve_async(
+                need.mb, wait_s=self.wait_s, new_work=new_work, gpu_mb=need.gpu_mb,
+                device=need.device,
+            )  # fmt: skip
             try:
                 await held.enter_async_context(reservation)
             except InsufficientMemoryError as exc:
@@ -70,7 +74,8 @@ async def _answer(send: Send, answer: Answer) -> None:
 class MemoryErrorMiddleware:
     """Library errors raised by a handler become answers, wherever they are raised:
     ``InsufficientMemoryError`` (``monitor.reserve()`` inside a handler) 503 with
-    Retry-After, ``SessionNotFoundError`` 404, ``SessionMemoryLimitError`` 413. Add it
+    Retry-After, ``SessionNotFoundError`` 404, ``SessionMemoryLimitError`` 413, torch's
+    CUDA out-of-memory 503 with Retry-After (counted, and the GPU's cleanup started). Add it
     outermost: ``app.add_middleware(MemoryErrorMiddleware)`` after the others. An error
     after the response started cannot be answered and goes on as raised."""
 
@@ -90,8 +95,11 @@ class MemoryErrorMiddleware:
 
         try:
             await self.app(scope, receive, tracking)
-        except MemoryManagementError as exc:
-            answer = error_answer(exc)
+        except Exception as exc:
+            oom = is_cuda_oom(exc)
+            answer = error_answer(exc) if oom or isinstance(exc, MemoryManagementError) else None
+            if oom:
+                CAUGHT.caught(exc)  # counted even where the response had started
             if answer is None or started:
                 raise
             await _answer(send, answer)

@@ -45,11 +45,17 @@ def _shown(exc: InsufficientMemoryError) -> Exception:
     return cast("Exception", gr.Error(refusal_message(exc)))
 
 
-def reserving(monitor: MemoryMonitor, mb: CallSize, *, wait_s: float = 10.0) -> Callable[[F], F]:
+def reserving(
+    monitor: MemoryMonitor, mb: CallSize, *, wait_s: float = 10.0, gpu_mb: float = 0.0,
+    device: int = 0,
+) -> Callable[[F], F]:  # fmt: skip
     """Decorate a Gradio function (plain, async, generator or async generator) so each call
-    holds ``mb`` MiB (or ``mb(*args, **kwargs)``) while it runs; see the module docstring."""
+    holds ``mb`` MiB (or ``mb(*args, **kwargs)``), and ``gpu_mb`` MiB on GPU ``device``,
+    while it runs; see the module docstring."""
     if not callable(mb) and (isinstance(mb, bool) or not isinstance(mb, (int, float))):
         raise TypeError(f"mb must be a number of MiB or a callable of the arguments, got {mb!r}")
+
+    gpu: dict[str, Any] = {"gpu_mb": gpu_mb, "device": device}
 
     def size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> float:
         return float(mb(*args, **kwargs)) if callable(mb) else float(mb)
@@ -60,7 +66,7 @@ def reserving(monitor: MemoryMonitor, mb: CallSize, *, wait_s: float = 10.0) -> 
             @functools.wraps(fn)
             async def agen(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
                 try:
-                    async with monitor.reserve_async(size(args, kwargs), wait_s=wait_s):
+                    async with monitor.reserve_async(size(args, kwargs), wait_s=wait_s, **gpu):
                         async for item in fn(*args, **kwargs):
                             yield item
                 except InsufficientMemoryError as exc:
@@ -72,7 +78,7 @@ def reserving(monitor: MemoryMonitor, mb: CallSize, *, wait_s: float = 10.0) -> 
             @functools.wraps(fn)
             async def coro(*args: Any, **kwargs: Any) -> Any:
                 try:
-                    async with monitor.reserve_async(size(args, kwargs), wait_s=wait_s):
+                    async with monitor.reserve_async(size(args, kwargs), wait_s=wait_s, **gpu):
                         return await fn(*args, **kwargs)
                 except InsufficientMemoryError as exc:
                     raise _shown(exc) from exc
@@ -83,7 +89,7 @@ def reserving(monitor: MemoryMonitor, mb: CallSize, *, wait_s: float = 10.0) -> 
             @functools.wraps(fn)
             def gen(*args: Any, **kwargs: Any) -> Iterator[Any]:
                 try:
-                    with monitor.reserve(size(args, kwargs), wait_s=wait_s):
+                    with monitor.reserve(size(args, kwargs), wait_s=wait_s, **gpu):
                         yield from fn(*args, **kwargs)
                 except InsufficientMemoryError as exc:
                     raise _shown(exc) from exc
@@ -93,7 +99,7 @@ def reserving(monitor: MemoryMonitor, mb: CallSize, *, wait_s: float = 10.0) -> 
         @functools.wraps(fn)
         def plain(*args: Any, **kwargs: Any) -> Any:
             try:
-                with monitor.reserve(size(args, kwargs), wait_s=wait_s):
+                with monitor.reserve(size(args, kwargs), wait_s=wait_s, **gpu):
                     return fn(*args, **kwargs)
             except InsufficientMemoryError as exc:
                 raise _shown(exc) from exc

@@ -3,8 +3,9 @@
 Keys are ``"/path"`` (any method), ``"METHOD /path"``, or a prefix ending in ``*``
 (``"POST /slides/*"``). An exact path wins over a prefix, a longer prefix over a shorter
 one, and a method-specific entry over an any-method one. Values are MiB, as in the
-reference's ``check_memory_available(required_mb)``, or a callable that sizes each request
-(given the ASGI scope or the WSGI environ; e.g. from Content-Length).
+reference's ``check_memory_available(required_mb)``, a ``Need`` (host MiB and GPU MiB on a
+device), or a callable that sizes each request with either (given the ASGI scope or the
+WSGI environ; e.g. from Content-Length).
 """
 
 from __future__ import annotations
@@ -16,16 +17,46 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..exceptions import (
+    InsufficientGpuMemoryError,
     InsufficientMemoryError,
     SessionMemoryLimitError,
     SessionNotFoundError,
     SpillCorruptError,
 )
+from ..gpu_errors import is_cuda_oom
 from ..logging import ROUTE_NEVER_FITS, WARNING, emit
 from ..units import MIB, non_negative, to_bytes_mb
 
-#: MiB for a route, or a callable that returns them for one request (scope or environ).
-Size = float | Callable[[Any], float]
+#: Seconds a client is told to wait after a CUDA OOM the handler raised: the GPU's cleanup
+#: (started by it) empties torch's cache within about that.
+CUDA_OOM_RETRY_S = 2
+
+
+@dataclass(frozen=True)
+class Need:
+    """What one request needs: host MiB, and GPU MiB on ``device`` (NVML's index)."""
+
+    mb: float = 0.0
+    gpu_mb: float = 0.0
+    device: int = 0
+
+    def __post_init__(self) -> None:
+        to_bytes_mb(self.mb, "Need.mb")
+        to_bytes_mb(self.gpu_mb, "Need.gpu_mb")
+        if isinstance(self.device, bool) or not isinstance(self.device, int) or self.device < 0:
+            raise ValueError(f"Need.device must be a GPU index >= 0, got {self.device!r}")
+
+
+#: MiB (or a Need) for a route, or a callable that returns them for one request.
+Size = float | Need | Callable[[Any], "float | Need"]
+
+
+def need_of(size: Size, request: Any) -> Need:
+    """The Need of one request: a route's fixed size, or its callable's answer."""
+    value = size(request) if callable(size) else size
+    return value if isinstance(value, Need) else Need(float(value))
+
+
 if TYPE_CHECKING:
     from ..monitor import MemoryMonitor
 
@@ -51,7 +82,7 @@ class RouteTable:
             if not isinstance(key, str):
                 raise TypeError(f"route keys are strings like 'POST /analyze', got {key!r}")
             mb: Size = given  # a callable sizes each request itself, checked per call
-            if not callable(given):
+            if not callable(given) and not isinstance(given, Need):
                 to_bytes_mb(given, f"memory for route {key!r}")
                 mb = float(given)
             method, _, path = key.strip().rpartition(" ")
@@ -70,7 +101,7 @@ class RouteTable:
     def largest_fixed_mb(self) -> float:
         """The largest fixed size in the table (0 when there is none)."""
         sizes = [*self.exact.values(), *(mb for _, _, mb in self.prefixes)]
-        return max((float(mb) for mb in sizes if not callable(mb)), default=0.0)
+        return max((_host_mb(mb) for mb in sizes if not callable(mb)), default=0.0)
 
     def need(self, method: str, path: str) -> Size | None:
         """MiB the request needs, or None when the route is not marked. HEAD is a GET
@@ -141,14 +172,14 @@ def report_routes_that_never_fit(table: RouteTable, monitor: MemoryMonitor) -> l
     never = []
     sizes = [(m, p, mb) for (m, p), mb in table.exact.items()] + list(table.prefixes)
     for method, path, mb in sizes:
-        if not callable(mb) and mb * MIB > grantable:
+        if not callable(mb) and _host_mb(mb) * MIB > grantable:
             key = f"{method} {path}" if method else path
             never.append(key)
             emit(
                 WARNING,
                 ROUTE_NEVER_FITS,
                 route=key,
-                required_bytes=int(mb * MIB),
+                required_bytes=int(_host_mb(mb) * MIB),
                 grantable_bytes=max(0, grantable),
                 limit_bytes=reading.total_bytes,
             )
@@ -170,13 +201,23 @@ def _json(status: int, doc: dict[str, object], *extra: tuple[str, str]) -> Answe
     return status, headers, body
 
 
+def _host_mb(size: float | Need) -> float:
+    return size.mb if isinstance(size, Need) else float(size)
+
+
 def error_answer(exc: BaseException) -> Answer | None:
     """The HTTP answer for a library error raised while handling a request, or None for
     anything else: short of memory 503 with Retry-After, an unknown or expired session 404,
     a session over its memory limit 413, a session whose spilled data could not be read
-    back (and was removed) 404. No body names a session id."""
+    back (and was removed) 404, torch's CUDA out-of-memory 503 with Retry-After (counted by
+    the middlewares). No body names a session id."""
     if isinstance(exc, InsufficientMemoryError):
         return refusal(exc)
+    if is_cuda_oom(exc):
+        retry = str(CUDA_OOM_RETRY_S)
+        doc = {"error": "insufficient_gpu_memory", "detail": "the GPU ran out of memory; "
+               "retry later", "retry_after_s": CUDA_OOM_RETRY_S}  # fmt: skip
+        return _json(503, doc, ("retry-after", retry))
     if isinstance(exc, SessionNotFoundError):
         return not_found(exc)
     if isinstance(exc, SpillCorruptError):
@@ -202,9 +243,12 @@ def not_found(exc: SessionNotFoundError) -> Answer:
 def refusal(exc: InsufficientMemoryError) -> tuple[int, list[tuple[str, str]], bytes]:
     """The 503 answer: status, headers (with Retry-After) and a small JSON body."""
     retry = max(1, round(exc.retry_after_s or 1))
-    doc = {
+    doc: dict[str, object] = {
         "error": "insufficient_memory",
         "detail": "the service is short of memory; retry later",
         "retry_after_s": retry,
     }
+    if isinstance(exc, InsufficientGpuMemoryError):
+        doc |= {"error": "insufficient_gpu_memory", "gpu": exc.device,
+                "detail": "the GPU is short of memory; retry later"}  # fmt: skip
     return _json(503, doc, ("retry-after", str(retry)))

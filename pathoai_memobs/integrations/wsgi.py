@@ -14,7 +14,8 @@ from ..exceptions import (
     SessionNotFoundError,
     SpillCorruptError,
 )
-from .routes import REASONS, AdmissionMiddlewareBase, Answer, error_answer, refusal
+from ..gpu_errors import CAUGHT, is_cuda_oom
+from .routes import REASONS, AdmissionMiddlewareBase, Answer, error_answer, need_of, refusal
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -53,7 +54,7 @@ class MemoryAdmissionMiddleware(AdmissionMiddlewareBase[WSGIApp]):
         size = self.routes.need(environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "/"))
         if size is None:
             return self.app(environ, start_response)
-        mb = size(environ) if callable(size) else size
+        need = need_of(size, environ)
         pin, new_work, _ = self.pin(environ)
         held = ExitStack()  # the pin, then the reservation, until the server closes the body
         try:
@@ -63,7 +64,11 @@ class MemoryAdmissionMiddleware(AdmissionMiddlewareBase[WSGIApp]):
             assert answer is not None
             return _answer(start_response, answer)
         try:
-            held.enter_context(self.monitor.reserve(mb, wait_s=self.wait_s, new_work=new_work))
+            reservation = self.monitor.reserve(
+                need.mb, wait_s=self.wait_s, new_work=new_work, gpu_mb=need.gpu_mb,
+                device=need.device,
+            )  # fmt: skip
+            held.enter_context(reservation)
         except InsufficientMemoryError as exc:
             held.close()
             return _answer(start_response, refusal(exc))
@@ -83,7 +88,8 @@ def _answer(start_response: StartResponse, answer: Answer) -> list[bytes]:
 
 class MemoryErrorMiddleware:
     """Library errors raised by the app become answers: ``InsufficientMemoryError`` 503
-    with Retry-After, ``SessionNotFoundError`` 404, ``SessionMemoryLimitError`` 413.
+    with Retry-After, ``SessionNotFoundError`` 404, ``SessionMemoryLimitError`` 413, torch's
+    CUDA out-of-memory 503 with Retry-After (counted, the GPU's cleanup started).
     ``app.wsgi_app = MemoryErrorMiddleware(app.wsgi_app)``. Flask and Django turn
     exceptions into 500s themselves: register ``error_answer`` with their error handlers
     there, or wrap the view functions; this middleware sees what reaches the server."""
@@ -94,8 +100,11 @@ class MemoryErrorMiddleware:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         try:
             return self.app(environ, start_response)
-        except MemoryManagementError as exc:
-            answer = error_answer(exc)
+        except Exception as exc:
+            oom = is_cuda_oom(exc)
+            answer = error_answer(exc) if oom or isinstance(exc, MemoryManagementError) else None
+            if oom:
+                CAUGHT.caught(exc)
             if answer is None:
                 raise
             status, headers, body = answer
