@@ -68,6 +68,12 @@ ERROR_PLACES: Final = (
 )  # fmt: skip
 
 
+#: GPU metrics' attributes (for the gpu and uuid labels), and those the hw.gpu.* semantic
+#: conventions require on every point.
+GPU_ATTRS: Final = ("pathoai.gpu.index", "hw.id")
+GPU_FIXED: Final = (("hw.type", "gpu"),)
+
+
 # A table: one metric a line reads better than each wrapped over eight.
 # fmt: off
 CATALOGUE: Final[tuple[Metric, ...]] = (
@@ -139,6 +145,24 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
     Metric("pathoai_cleanup_callback_overruns_total", "counter", "", ("callback",), "Emergency cleanup callbacks that overran their time budget, by callback name.", "sum"),
     Metric("pathoai_cleanup_callback_freed_bytes_total", "counter", "bytes", ("callback",), "Available memory each emergency cleanup callback won back, by callback name.", "sum", otel=(OTel("pathoai.cleanup_callback.freed", "By", "counter", ("pathoai.cleanup_callback.name",)),)),
     Metric("pathoai_cleanup_callback_futile_runs", "gauge", "", ("callback",), "Runs in a row in which a cleanup callback ran and freed nothing (0 once it frees something; flagged at 5).", "max"),
+    # GPU memory, per visible device (gpu: NVML's index, uuid: the device's UUID; both as dcgm-exporter's gpu and UUID labels), with a GPU only
+    Metric("pathoai_gpu_memory_limit_bytes", "gauge", "bytes", ("gpu", "uuid"), "Memory of each GPU (NVML total, or torch's where NVML is absent).", "max", otel=(OTel("hw.gpu.memory.limit", "By", "updown", GPU_ATTRS, GPU_FIXED),)),
+    Metric("pathoai_gpu_memory_used_bytes", "gauge", "bytes", ("gpu", "uuid"), "Memory in use on each GPU, by every process (NVML used).", "max", otel=(OTel("hw.gpu.memory.usage", "By", "updown", GPU_ATTRS, GPU_FIXED),)),
+    Metric("pathoai_gpu_memory_available_bytes", "gauge", "bytes", ("gpu", "uuid"), "Memory still free on each GPU (NVML free): what GPU admission weighs.", "min", otel=(OTel("pathoai.gpu.memory.available", "By", "updown", GPU_ATTRS),)),
+    Metric("pathoai_gpu_memory_used_ratio", "gauge", "ratio", ("gpu", "uuid"), "Used over total memory of each GPU, 0..1.", "max", otel=(OTel("hw.gpu.memory.utilization", "1", "gauge", GPU_ATTRS, GPU_FIXED),)),
+    Metric("pathoai_gpu_memory_pressure_level", "gauge", "", ("gpu", "uuid"), "GPU ladder level of each device: 0 normal, 1 warning, 2 critical, 3 emergency (GPU_MEMORY_* thresholds).", "max", otel=(OTel("pathoai.gpu.memory.pressure.level", "1", "gauge", GPU_ATTRS),)),
+    Metric("pathoai_gpu_memory_emergency_threshold_bytes", "gauge", "bytes", ("gpu", "uuid"), "Free GPU memory below which the device is in EMERGENCY (GPU_MEMORY_FLOOR_MB).", "max"),
+    Metric("pathoai_gpu_memory_reserved_bytes", "gauge", "bytes", ("gpu", "uuid"), "GPU memory reserved on each device by admitted requests still in flight (this process's).", "sum", otel=(OTel("pathoai.gpu.memory.reserved", "By", "updown", GPU_ATTRS),)),
+    Metric("pathoai_gpu_process_memory_bytes", "gauge", "bytes", ("gpu", "uuid"), "This process's memory on each GPU as the driver counts it (NVML's per-process figure; absent where the driver hides it, as in many containers).", "sum", otel=(OTel("pathoai.gpu.process.memory", "By", "updown", GPU_ATTRS),)),
+    Metric("pathoai_gpu_torch_allocated_bytes", "gauge", "bytes", ("gpu", "uuid"), "Bytes of live tensors on each GPU (torch.cuda.memory_stats allocated_bytes.all.current); with torch only.", "sum", otel=(OTel("pathoai.gpu.torch.allocated", "By", "updown", GPU_ATTRS),)),
+    Metric("pathoai_gpu_torch_reserved_bytes", "gauge", "bytes", ("gpu", "uuid"), "Bytes torch's caching allocator holds on each GPU (reserved_bytes.all.current): allocated plus cached blocks, what nvidia-smi shows less the CUDA context.", "sum", otel=(OTel("pathoai.gpu.torch.reserved", "By", "updown", GPU_ATTRS),)),
+    Metric("pathoai_gpu_torch_peak_allocated_bytes", "gauge", "bytes", ("gpu", "uuid"), "Peak bytes of live tensors on each GPU since start or torch's last reset.", "sum", otel=(OTel("pathoai.gpu.torch.peak_allocated", "By", "gauge", GPU_ATTRS),)),
+    Metric("pathoai_gpu_torch_fragmentation_ratio", "gauge", "ratio", ("gpu", "uuid"), "Share of torch's reserved GPU bytes not holding tensors (1 - allocated/reserved): cached or fragmented.", "max", otel=(OTel("pathoai.gpu.torch.fragmentation", "1", "gauge", GPU_ATTRS),)),
+    Metric("pathoai_gpu_torch_alloc_retries_total", "counter", "", ("gpu", "uuid"), "Allocations torch retried after freeing its cache (num_alloc_retries): the sign of fragmentation or a nearly full device.", "sum", otel=(OTel("pathoai.gpu.torch.alloc_retries", "{retry}", "counter", GPU_ATTRS),)),
+    Metric("pathoai_gpu_torch_ooms_total", "counter", "", ("gpu", "uuid"), "CUDA out-of-memory errors torch raised on each GPU (num_ooms), caught or not.", "sum", otel=(OTel("pathoai.gpu.torch.ooms", "{error}", "counter", GPU_ATTRS),)),
+    Metric("pathoai_gpu_oom_errors_total", "counter", "", ("gpu",), "CUDA out-of-memory errors that escaped a handler and the error mapping answered 503, by the device the error names (or unknown).", "sum", otel=(OTel("pathoai.gpu.oom_errors", "{error}", "counter", ("pathoai.gpu.index",)),)),
+    Metric("pathoai_gpu_emergency_cleanups_total", "counter", "", ("gpu", "uuid"), "GPU emergency cleanup runs on each device (in its EMERGENCY, after a caught CUDA OOM, or for a refusal there).", "sum", otel=(OTel("pathoai.gpu.emergency.cleanups", "{run}", "counter", GPU_ATTRS),)),
+    Metric("pathoai_gpu_cache_returned_bytes_total", "counter", "bytes", ("gpu", "uuid"), "Bytes torch's empty_cache gave back to the driver in GPU cleanups, by device.", "sum", otel=(OTel("pathoai.gpu.cache.returned", "By", "counter", GPU_ATTRS),)),
     # the monitor itself
     Metric("pathoai_monitor_last_sample_timestamp_seconds", "gauge", "seconds", (), "Unix time of the monitor's last good reading (the oldest across workers).", "min", otel=(OTel("pathoai.monitor.last_sample_time", "s", "gauge"),)),
     Metric("pathoai_monitor_interval_seconds", "gauge", "seconds", (), "Configured sampling interval (MemoryConfig.monitoring_interval_sec).", "max"),

@@ -19,6 +19,7 @@ from .catalogue import (
     REMOVAL_REASONS,
     SPILL_REFUSAL_CAUSES,
 )
+from .gpu_samples import GPU_METRICS, gpu_samples
 
 if TYPE_CHECKING:
     from ..gc_manager import GarbageCollectionManager
@@ -78,6 +79,7 @@ def monitor_values(m: MemoryMonitor) -> dict[str, Values]:
     breakdown = _Memo(m.memory_breakdown)
     heap = _Memo(m.allocator.heap)
     t = m.thresholds
+    gpu = _Memo(lambda: gpu_samples(m))
 
     def fitted() -> Thresholds:
         return t.for_total(reading().total_bytes)
@@ -86,7 +88,10 @@ def monitor_values(m: MemoryMonitor) -> dict[str, Values]:
         p = m.pressure
         return [] if p is None else [(("some",), p.some_avg10), (("full",), p.full_avg10)]
 
-    return {
+    def gpu_metric(name: str) -> Values:
+        return lambda: gpu()[name]
+
+    return {name: gpu_metric(name) for name in GPU_METRICS} | {
         "pathoai_memory_limit_bytes": lambda: reading().total_bytes,
         "pathoai_memory_used_bytes": lambda: reading().used_bytes,
         "pathoai_memory_available_bytes": lambda: reading().available_bytes,

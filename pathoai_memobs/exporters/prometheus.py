@@ -43,6 +43,7 @@ from .catalogue import (
     SPILL_REFUSAL_CAUSES,
     family_name,
 )
+from .gpu_samples import gpu_families
 from .server import DEFAULT_PORT, MetricsServer, start_http_server  # the names stay here too
 
 if TYPE_CHECKING:
@@ -193,6 +194,7 @@ class MemobsCollector(Collector):
         yield from _caches(m)
         if self.breakdown:
             yield from _breakdown(m, r)
+        yield from gpu_families(m)
         yield _gauge("pathoai_monitor_last_sample_timestamp_seconds", m.last_sample_timestamp)
         yield _gauge("pathoai_monitor_interval_seconds", m.config.monitoring_interval_sec)
         yield _gauge("pathoai_monitor_running", 1 if m.running else 0)
