@@ -474,6 +474,105 @@ def overview() -> dict[str, Any]:
             min=0,
         )
     )
+    lay.row("GPU memory")
+    lay.add(
+        timeseries(
+            "GPU memory used",
+            "percentunit",
+            [target(f"pathoai_gpu_memory_used_ratio{{{SEL}}}", "gpu {{gpu}} {{instance}}")],
+            "Used share of each GPU's memory, every process counted (NVML); the GPU ladder's"
+            " warning and critical rungs are GPU_MEMORY_WARNING_PERCENT and _CRITICAL_PERCENT.",
+            min=0,
+            max=1,
+        )
+    )
+    lay.add(
+        timeseries(
+            "GPU free against its floor",
+            "bytes",
+            [
+                target(f"pathoai_gpu_memory_available_bytes{{{SEL}}}", "free gpu {{gpu}}"),
+                target(
+                    f"pathoai_gpu_memory_emergency_threshold_bytes{{{SEL}}}", "floor gpu {{gpu}}"
+                ),
+                target(f"pathoai_gpu_memory_reserved_bytes{{{SEL}}}", "reserved gpu {{gpu}}"),
+            ],
+            "Free GPU memory, the floor under which the device is in EMERGENCY (its cleanup"
+            " runs, GPU requests are refused), and what admitted requests hold now.",
+            min=0,
+        )
+    )
+    lay.add(
+        timeseries(
+            "GPU level",
+            "short",
+            [target(f"pathoai_gpu_memory_pressure_level{{{SEL}}}", "gpu {{gpu}} {{instance}}")],
+            "GPU ladder level per device: 0 normal, 1 warning, 2 critical, 3 emergency.",
+            min=0,
+            max=3,
+        )
+    )
+    lay.add(
+        timeseries(
+            "torch on the GPU",
+            "bytes",
+            [
+                target(f"pathoai_gpu_torch_allocated_bytes{{{SEL}}}", "allocated gpu {{gpu}}"),
+                target(f"pathoai_gpu_torch_reserved_bytes{{{SEL}}}", "reserved gpu {{gpu}}"),
+                target(f"pathoai_gpu_process_memory_bytes{{{SEL}}}", "this process gpu {{gpu}}"),
+            ],
+            "Live tensors (allocated), what torch's cache holds from the driver (reserved, what"
+            " empty_cache can lower) and this process's bytes as the driver counts them"
+            " (reserved plus the CUDA context): why nvidia-smi and memory_allocated disagree.",
+            min=0,
+        )
+    )
+    lay.add(
+        timeseries(
+            "torch fragmentation and retries",
+            "percentunit",
+            [
+                target(f"pathoai_gpu_torch_fragmentation_ratio{{{SEL}}}", "cached gpu {{gpu}}"),
+                target(
+                    "sum by (gpu) (rate("
+                    f"pathoai_gpu_torch_alloc_retries_total{{{SEL}}}[$__rate_interval]))",
+                    "retries/s gpu {{gpu}}",
+                    ref="B",
+                ),
+            ],
+            "Share of torch's reserved bytes holding no tensor; allocation retries (torch"
+            " freed its cache to allocate): high together, memory is free but in pieces.",
+            min=0,
+        )
+    )
+    lay.add(
+        timeseries(
+            "GPU cleanups and caught OOMs",
+            "ops",
+            [
+                target(
+                    "sum by (gpu) (rate("
+                    f"pathoai_gpu_emergency_cleanups_total{{{SEL}}}[$__rate_interval]))",
+                    "cleanups gpu {{gpu}}",
+                ),
+                target(
+                    "sum by (gpu) (rate("
+                    f"pathoai_gpu_oom_errors_total{{{SEL}}}[$__rate_interval]))",
+                    "CUDA OOMs answered 503, gpu {{gpu}}",
+                    ref="B",
+                ),
+                target(
+                    "sum by (gpu) (rate("
+                    f"pathoai_gpu_cache_returned_bytes_total{{{SEL}}}[$__rate_interval]))",
+                    "empty_cache bytes/s gpu {{gpu}}",
+                    ref="C",
+                ),
+            ],
+            "GPU emergency runs, CUDA out-of-memory errors the error mapping answered, and the"
+            " bytes empty_cache gave back.",
+            min=0,
+        )
+    )
     lay.row("Garbage collection")
     lay.add(
         timeseries(

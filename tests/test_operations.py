@@ -28,10 +28,13 @@ from pathoai_memobs import (
 from pathoai_memobs.bounded_cache import BoundedCache
 from pathoai_memobs.exceptions import InsufficientMemoryError, SessionNotFoundError
 from pathoai_memobs.exporters.prometheus import instrument, start_http_server
+from pathoai_memobs.gpu_errors import CAUGHT
+from pathoai_memobs.readers.gpu import GpuReader
 from pathoai_memobs.spill_store import SpillStore
 from pathoai_memobs.tools import stack
 from pathoai_memobs.tools.cgroup_sandbox import MemoryCgroup
 
+from . import gpu_standin
 from .promstack import Prometheus, Webhook, alertmanager_config, binary, free_port, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,7 +154,15 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     config = MemoryConfig(
         emergency_cleanup_threshold_mb=free_mb + 1024, monitoring_interval_sec=0.2
     )
-    monitor = MemoryMonitor(config, sessions=sessions, gc_manager=gcm, emergency_cooldown_s=0.5)
+    gpu = gpu_standin.devices(1)  # a stand-in GPU near its floor, so its panels have data
+    gpu[0].others = 8 * gpu_standin.GIB - 900 * gpu_standin.MIB
+    torch = gpu_standin.FakeTorch(gpu)
+    reader = GpuReader(gpu_standin.FakeNvml(gpu), torch=lambda: torch)
+    monitor = MemoryMonitor(
+        config, sessions=sessions, gc_manager=gcm, emergency_cooldown_s=0.5, gpu=reader
+    )
+    model = torch.empty(300 * gpu_standin.MIB)  # noqa: F841 -- held while Prometheus scrapes
+    CAUGHT.caught(gpu_standin.OutOfMemoryError("CUDA out of memory. GPU 0 has a total capacity"))
 
     def broken() -> None:
         raise RuntimeError("a cache that cannot be cleared")
