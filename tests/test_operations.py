@@ -143,6 +143,15 @@ def reread_and_cache(
     tiles.get(0)
 
 
+def standin_gpu() -> tuple[GpuReader, gpu_standin.Tensor]:
+    """A stand-in GPU near its floor (this machine has none), so its panels have data; and a
+    model on it, to hold while Prometheus scrapes."""
+    gpu = gpu_standin.devices(1)
+    gpu[0].others = 8 * gpu_standin.GIB - 900 * gpu_standin.MIB
+    torch = gpu_standin.FakeTorch(gpu)
+    return GpuReader(gpu_standin.FakeNvml(gpu), torch=lambda: torch), torch.empty(300 << 20)
+
+
 @pytest.fixture(scope="module")
 def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     """Prometheus with the shipped rules, scraping an exporter under a workload."""
@@ -154,14 +163,10 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     config = MemoryConfig(
         emergency_cleanup_threshold_mb=free_mb + 1024, monitoring_interval_sec=0.2
     )
-    gpu = gpu_standin.devices(1)  # a stand-in GPU near its floor, so its panels have data
-    gpu[0].others = 8 * gpu_standin.GIB - 900 * gpu_standin.MIB
-    torch = gpu_standin.FakeTorch(gpu)
-    reader = GpuReader(gpu_standin.FakeNvml(gpu), torch=lambda: torch)
+    reader, model = standin_gpu()
     monitor = MemoryMonitor(
         config, sessions=sessions, gc_manager=gcm, emergency_cooldown_s=0.5, gpu=reader
     )
-    model = torch.empty(300 * gpu_standin.MIB)  # noqa: F841 -- held while Prometheus scrapes
     CAUGHT.caught(gpu_standin.OutOfMemoryError("CUDA out of memory. GPU 0 has a total capacity"))
 
     def broken() -> None:
