@@ -144,11 +144,12 @@ def reread_and_cache(
 
 
 def standin_gpu() -> tuple[GpuReader, gpu_standin.Tensor]:
-    """A stand-in GPU near its floor (this machine has none), so its panels have data; and a
-    model on it, to hold while Prometheus scrapes."""
+    """A stand-in GPU near its floor (this machine has none), so its panels have data: a
+    model on it, to hold while Prometheus scrapes, and a CUDA OOM answered."""
     gpu = gpu_standin.devices(1)
     gpu[0].others = 8 * gpu_standin.GIB - 900 * gpu_standin.MIB
     torch = gpu_standin.FakeTorch(gpu)
+    CAUGHT.caught(gpu_standin.OutOfMemoryError("CUDA out of memory. GPU 0 has a total capacity"))
     return GpuReader(gpu_standin.FakeNvml(gpu), torch=lambda: torch), torch.empty(300 << 20)
 
 
@@ -163,11 +164,10 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     config = MemoryConfig(
         emergency_cleanup_threshold_mb=free_mb + 1024, monitoring_interval_sec=0.2
     )
-    reader, model = standin_gpu()
+    reader, _model = standin_gpu()
     monitor = MemoryMonitor(
         config, sessions=sessions, gc_manager=gcm, emergency_cooldown_s=0.5, gpu=reader
     )
-    CAUGHT.caught(gpu_standin.OutOfMemoryError("CUDA out of memory. GPU 0 has a total capacity"))
 
     def broken() -> None:
         raise RuntimeError("a cache that cannot be cleared")
