@@ -20,6 +20,7 @@ SUITES = {
     "otel": "bench.bench_otel",
     "serving": "bench.bench_serving",
     "spill": "bench.bench_spill",
+    "gpu": "bench.bench_gpu",
 }
 
 

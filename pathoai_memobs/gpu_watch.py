@@ -78,7 +78,9 @@ class GpuWatch:
 
     def step(self) -> None:
         """One look from the monitor's loop: read, classify, start the cleanup of each
-        device in EMERGENCY."""
+        device in EMERGENCY. With no GPU, one call."""
+        if self.reader.idle():
+            return
         for d in self.read():
             if self.ladder.level(d.index) is Level.EMERGENCY:
                 self.cleanup(d.index).start("gpu_emergency")

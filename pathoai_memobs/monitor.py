@@ -193,8 +193,9 @@ class MemoryMonitor(CleanupMethods):
             self._errors.count("action", exc)
         try:
             self._gpu.step()  # at rest too: the host's rest band knows nothing of GPUs
-            gpu_pace = self.config.monitoring_interval_sec if self._gpu.active else None
-            self._loop.max_rest_s = gpu_pace
+            if self._gpu.active is (self._loop.max_rest_s is None):  # found or lost a GPU
+                gpu_pace = self.config.monitoring_interval_sec if self._gpu.active else None
+                self._loop.max_rest_s = gpu_pace
         except Exception as exc:
             self._errors.count("gpu", exc)
         t, r = self.thresholds.for_total(reading.total_bytes), reading

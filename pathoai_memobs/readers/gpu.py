@@ -171,6 +171,11 @@ class GpuReader:
 
     # -- reading ----------------------------------------------------------------------------
 
+    def idle(self) -> bool:
+        """True while nothing can be read: NVML off and torch's CUDA not initialised (the
+        no-GPU fast path: one test and one call)."""
+        return self._opened and self._nvml is None and self._torch() is None
+
     def read(self) -> tuple[GpuDevice, ...]:
         """Every device readable now, in index order (empty: no GPU, or none readable)."""
         if not self._opened:
