@@ -149,6 +149,12 @@ class _Cuda:
     def is_initialized(self) -> bool:
         return self.initialized
 
+    def is_available(self) -> bool:
+        return True
+
+    def init(self) -> None:
+        self.initialized = True
+
     def device_count(self) -> int:
         return len(self._visible)
 
@@ -197,8 +203,13 @@ class FakeTorch(types.ModuleType):
         self.cuda = _Cuda(devices, visible if visible is not None else list(range(len(devices))))
         self.OutOfMemoryError = OutOfMemoryError
 
-    def empty(self, nbytes: int, index: int = 0) -> Tensor:
-        """A CUDA tensor of ``nbytes`` on torch's device ``index``."""
+    uint8 = np.uint8
+
+    def empty(self, nbytes: int, index: int = 0, *, dtype: Any = None, device: str = "") -> Tensor:
+        """A CUDA tensor of ``nbytes`` on torch's device ``index`` (or ``device="cuda:N"``);
+        its host stand-in is allocated lazily (np.zeros maps untouched pages)."""
+        if device:
+            index = int(device.split(":")[1])
         return Tensor(np.zeros(nbytes, np.uint8), self, index)
 
     def from_numpy(self, array: np.ndarray[Any, Any]) -> Tensor:

@@ -544,3 +544,26 @@ def test_with_a_gpu_the_loop_steps_every_interval_and_without_rests_as_before(
     off.tick()
     assert not off.gpu.active and off._loop.max_rest_s is None
     assert np.isfinite(off.tick())
+
+
+def test_the_gpu_check_script_passes_on_the_stand_in(
+    gpu: tuple[FakeNvml, FakeTorch], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """bench/gpu_check.py, the check for a GPU machine, run here on the stand-in (as NVML
+    and torch): its logic is proven before a GPU is lent; its numbers come from a real one."""
+    import importlib
+
+    nvml, _ = gpu
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "bench"))
+    script = importlib.import_module("gpu_check")
+    d = nvml.devices[0]
+    monkeypatch.setattr(
+        script,
+        "smi",
+        lambda: {"total_mib": d.total // MIB, "used_mib": d.used // MIB, "uuid": d.uuid},
+    )
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--out", str(tmp_path)])
+    script.checks.clear()
+    assert script.main() == 0, [c for c in script.checks if not c["ok"]]
+    assert len(script.checks) == 9 and (tmp_path / "gpu_check.json").exists()
