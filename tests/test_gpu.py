@@ -567,3 +567,20 @@ def test_the_gpu_check_script_passes_on_the_stand_in(
     script.checks.clear()
     assert script.main() == 0, [c for c in script.checks if not c["ok"]]
     assert len(script.checks) == 9 and (tmp_path / "gpu_check.json").exists()
+
+
+def test_the_wsgi_error_mapping_answers_a_cuda_oom_503(gpu: tuple[FakeNvml, FakeTorch]) -> None:
+    from pathoai_memobs.integrations.wsgi import MemoryErrorMiddleware as WsgiErrors
+
+    _, torch = gpu
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        torch.empty(64 * GIB)  # more than the device: CUDA's OOM
+        return [b"never"]
+
+    got: list[Any] = []
+    before = CAUGHT.totals().get("0", 0)
+    body = WsgiErrors(app)({"REQUEST_METHOD": "POST"}, lambda s, h, e=None: got.append((s, h)))
+    assert got[0][0] == "503 Service Unavailable" and ("retry-after", "2") in got[0][1]
+    assert b"insufficient_gpu_memory" in b"".join(body)
+    assert CAUGHT.totals()["0"] == before + 1
