@@ -210,6 +210,9 @@ class FakeTorch(types.ModuleType):
         its host stand-in is allocated lazily (np.zeros maps untouched pages)."""
         if device:
             index = int(device.split(":")[1])
+        d = self.cuda._d(index)
+        d.alloc(-1, nbytes)  # the device first: an OOM before any host stand-in is made
+        d.free(-1)  # the block stays cached, and the tensor below takes it
         return Tensor(np.zeros(nbytes, np.uint8), self, index)
 
     def from_numpy(self, array: np.ndarray[Any, Any]) -> Tensor:
