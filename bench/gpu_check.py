@@ -175,14 +175,15 @@ def _emergency_and_exports(monitor: MemoryMonitor, torch: Any, held: list[Any]) 
     cached = 0
     while held and cached < min(4 * GIB, d0.total // 10):  # back to torch's cache, not the driver
         cached += int(held.pop().nbytes)
+    cleanup = monitor.gpu.cleanup(0)
+    runs, returned_before = cleanup.totals.runs, cleanup.cache_returned_bytes
     monitor.tick()  # the step starts the device's cleanup in its worker thread
     check("EMERGENCY below the GPU floor", monitor.gpu.ladder.level(0) is Level.EMERGENCY)
-    cleanup = monitor.gpu.cleanup(0)
     deadline = time.monotonic() + 30
-    while cleanup.totals.runs == 0 and time.monotonic() < deadline:
+    while cleanup.totals.runs == runs and time.monotonic() < deadline:
         time.sleep(0.05)
     run = cleanup.totals.last
-    returned = cleanup.cache_returned_bytes
+    returned = cleanup.cache_returned_bytes - returned_before
     check(
         "the emergency's empty_cache returns the cached bytes, measured",
         run is not None and returned >= cached - 64 * MIB,
