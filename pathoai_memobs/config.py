@@ -36,6 +36,7 @@ ENV_VARS: Final[Mapping[str, str]] = MappingProxyType(
         "gpu_warning_percent": "GPU_MEMORY_WARNING_PERCENT",
         "gpu_critical_percent": "GPU_MEMORY_CRITICAL_PERCENT",
         "gpu_floor_mb": "GPU_MEMORY_FLOOR_MB",
+        "emergency_cleanup_threshold_mb": "MEMORY_EMERGENCY_FLOOR_MB",
     }
 )
 #: Where ``ledger_dir`` comes from when MEMORY_LEDGER_DIR is unset: the multiprocess

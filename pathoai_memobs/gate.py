@@ -314,10 +314,14 @@ class AdmissionGate:
             before = sessions.removed_total("idle")
             freed = self._free_idle(
                 sessions, lacking, reason="idle", evict_idle_s=self.idle_free_s,
-                spill_idle_s=min(self.idle_free_s, sessions.spill_idle_s),
+                spill_idle_s=min(self.idle_free_s, sessions.spill_idle_s, BUDGET_IDLE_S),
             )  # fmt: skip
             evicted = sessions.removed_total("idle") - before
             self.freed_sessions += evicted
+            if freed < lacking and self.budget.active:  # the rest: other workers' sessions
+                ledger = self._admission.ledger
+                with ledger.transaction():
+                    ledger.want(lacking - freed, time.monotonic(), WANT_TTL_S)
             return removed + evicted > 0 or freed > 0
         finally:
             self._freeing.release()

@@ -172,6 +172,9 @@ class MemoryMonitor(CleanupMethods):
         with self._admission.lock:  # the reading, the level and admission at once
             previous = self._level
             t = self.thresholds.for_total(reading.total_bytes)  # the rungs fitted to the limit
+            if t.floor_bytes != self._admission.floor_bytes:  # the floor follows the limit
+                self._admission.floor_bytes = t.floor_bytes
+                self._cleanup.target_bytes = t.restored_bytes
             level = classify(reading.used_ratio, reading.available_bytes, t, previous)
             self._level, self._last, self._last_good_wall = level, reading, reading.timestamp
             self._samples += 1
@@ -246,8 +249,9 @@ class MemoryMonitor(CleanupMethods):
 
     @property
     def floor_bytes(self) -> int:
-        """The emergency floor below which available memory must not be pushed."""
-        return self.thresholds.floor_bytes
+        """The emergency floor below which available memory must not be pushed, fitted to
+        the limit of the latest reading (``Thresholds.for_total``)."""
+        return self._admission.floor_bytes
 
     @property
     def requests_rejected_total(self) -> int:

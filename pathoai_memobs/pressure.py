@@ -50,6 +50,9 @@ class Thresholds:
     #: Fit the ratio rungs below the floor in small containers (see ``for_total``): on for
     #: the default ratios, off where they were configured explicitly.
     fit_to_floor: bool = False
+    #: Keep the floor within ``FLOOR_SHARE`` of the limit (see ``for_total``): on for the
+    #: default floor, off where it was configured explicitly.
+    fit_floor: bool = False
     #: The fitted rungs by limit, so ``for_total`` on the hot path is one dict lookup (an
     #: lru_cache would hash every field of this dataclass on each call).
     _fits: dict[int, Thresholds] = field(
@@ -76,15 +79,17 @@ class Thresholds:
             floor_bytes=floor,
             floor_margin_bytes=floor // 10,
             fit_to_floor=explicit == {"default"},
+            fit_floor=config.source_of("emergency_cleanup_threshold_mb") == "default",
         )
 
     def for_total(self, total_bytes: int) -> Thresholds:
-        """The rungs for a limit of ``total_bytes``: as configured where the floor comes
-        after the critical rung; else, with ``fit_to_floor``, the warning and critical rungs
-        moved down to 10 and 5 points of used ratio before the floor begins, so the ladder
-        is climbed in order (in 2 GiB the 500 MB floor begins at 75.6 % used, before an 85 %
-        warning could ever show)."""
-        if not self.fit_to_floor or total_bytes <= 0:
+        """The rungs for a limit of ``total_bytes``. With ``fit_floor`` (the default floor),
+        the floor is at most ``FLOOR_SHARE`` of the limit: 500 MB from 5 GiB up, 205 MB in
+        2 GiB (a fixed 500 MB would keep a quarter of a 2 GiB container idle). Then, with
+        ``fit_to_floor``, the warning and critical rungs are moved down to 10 and 5 points of
+        used ratio before the floor begins where they would come after it, so the ladder is
+        climbed in order."""
+        if not (self.fit_to_floor or self.fit_floor) or total_bytes <= 0:
             return self
         fitted = self._fits.get(total_bytes)
         if fitted is None:
@@ -101,14 +106,21 @@ class Thresholds:
 
 #: The gap, in used ratio, between fitted rungs (warning, critical, the floor).
 RUNG_GAP = 0.05
+#: The default floor's largest share of the limit (``Thresholds.fit_floor``).
+FLOOR_SHARE = 0.10
 
 
 def _fitted(t: Thresholds, total_bytes: int) -> Thresholds:
+    if t.fit_floor:
+        floor = min(t.floor_bytes, int(total_bytes * FLOOR_SHARE))
+        t = replace(t, floor_bytes=floor, floor_margin_bytes=floor // 10, fit_floor=False)
+    if not t.fit_to_floor:
+        return t
     floor_at = 1 - t.floor_bytes / total_bytes  # the used ratio at which the floor begins
     warning = min(t.warning_ratio, floor_at - 2 * RUNG_GAP)
     critical = min(t.critical_ratio, floor_at - RUNG_GAP)
     if warning <= RUNG_GAP:  # a limit hardly above the floor: nothing to fit
-        return t
+        return replace(t, fit_to_floor=False)
     return replace(t, warning_ratio=warning, critical_ratio=critical, fit_to_floor=False)
 
 

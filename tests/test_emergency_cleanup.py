@@ -23,7 +23,7 @@ def test_callbacks_run_in_priority_order_and_stop_once_restored(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     s = Scripted(300 * MIB, total=2 * GIB)
-    m = MemoryMonitor(MemoryConfig(), sampler=s)
+    m = MemoryMonitor(MemoryConfig.from_env({"MEMORY_EMERGENCY_FLOOR_MB": "500"}), sampler=s)
     ran: list[str] = []
 
     def frees(name: str, nbytes: int) -> object:

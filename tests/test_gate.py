@@ -30,7 +30,8 @@ def setting(available: int, **config: object) -> tuple[MemoryMonitor, SessionMan
     sessions = SessionManager(max_memory_gb=1, clock=lambda: now[0])
     s = Scripted(available, total=4 * GIB)
     s.sessions = sessions
-    cfg = MemoryConfig(**config)  # type: ignore[arg-type]
+    fixed = {"emergency_cleanup_threshold_mb": "code"}  # 500 MiB as set, not fitted to 4 GiB
+    cfg = MemoryConfig(**config, sources=fixed)  # type: ignore[arg-type]
     return MemoryMonitor(cfg, sampler=s, sessions=sessions, emergency_cooldown_s=60), sessions, now
 
 

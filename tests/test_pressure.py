@@ -49,8 +49,19 @@ def test_thresholds_come_from_the_config() -> None:
     assert (t.warning_ratio, t.critical_ratio) == (0.80, 0.95)
     assert t.floor_bytes == 1000 * MIB
     assert t.floor_margin_bytes == 100 * MIB
-    assert not t.fit_to_floor  # the ratios were set explicitly: kept as they are
-    assert Thresholds.from_config(MemoryConfig()) == replace(T, fit_to_floor=True)
+    assert not t.fit_to_floor and not t.fit_floor  # set explicitly: kept as they are
+    assert t.for_total(2 << 30).floor_bytes == 1000 * MIB
+    default = Thresholds.from_config(MemoryConfig())
+    assert default == replace(T, fit_to_floor=True, fit_floor=True)
+
+
+@pytest.mark.parametrize(
+    ("gib", "floor_mib"), [(1, 102.4), (2, 204.8), (4, 409.6), (5, 500), (64, 500)]
+)
+def test_the_default_floor_is_at_most_a_tenth_of_the_limit(gib: int, floor_mib: float) -> None:
+    fitted = Thresholds.from_config(MemoryConfig()).for_total(gib << 30)
+    assert fitted.floor_bytes == int(floor_mib * MIB)
+    assert fitted.floor_margin_bytes == fitted.floor_bytes // 10
 
 
 @pytest.mark.parametrize("gib", [1, 1.5, 2, 3, 4, 5, 8, 10, 64])
@@ -86,7 +97,8 @@ def test_an_explicit_configuration_out_of_order_is_reported(
     assert not rungs_in_order(t, two_gib) and rungs_in_order(t, 8 << 30)
     assert check_rungs(t, two_gib) is False
     (event,) = [r.msg for r in caplog.records if isinstance(r.msg, dict)]
-    assert event["event"] == "rungs_out_of_order" and event["floor_begins_at_ratio"] == 0.7559
+    # the default floor is fitted to a tenth of 2 GiB: it begins at 90 %, before 90.5 %
+    assert event["event"] == "rungs_out_of_order" and event["floor_begins_at_ratio"] == 0.9
 
 
 @pytest.mark.parametrize(

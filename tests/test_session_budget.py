@@ -96,7 +96,8 @@ def test_the_budget_is_exported_in_bytes_and_absent_while_off() -> None:
     sessions = SessionManager(max_memory_gb=1)
     s = Scripted(3500 * MIB, total=4 * GIB)
     s.sessions = sessions
-    m = MemoryMonitor(MemoryConfig(), sampler=s, sessions=sessions)
+    config = MemoryConfig.from_env({"MEMORY_EMERGENCY_FLOOR_MB": "500"})  # as set, not fitted
+    m = MemoryMonitor(config, sampler=s, sessions=sessions)
     instrument(m, sessions, registry=registry)
     m.sample()
     assert registry.get_sample_value("pathoai_sessions_budget_bytes") is None  # off: no room kept

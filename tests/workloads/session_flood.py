@@ -69,7 +69,7 @@ def managed(
     hashes: dict[str, str] = {}
     hooked: list[tuple[str, str]] = []
     sessions.on_remove(lambda sid, data, reason: hooked.append((sid, reason)))
-    monitor = MemoryMonitor(MemoryConfig(), sessions=sessions, emergency_cooldown_s=0.2)
+    monitor = MemoryMonitor(MemoryConfig.from_env(), sessions=sessions, emergency_cooldown_s=0.2)
     ids, rejected, dropped = [], 0, 0
     with monitor:
         for _ in range(users):
