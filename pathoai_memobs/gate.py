@@ -4,9 +4,10 @@ A request that does not fit is not refused at once:
 
 1. **Free before refusing.** Memory that no active request needs goes first: expired
    sessions, then idle sessions' large buffers spilled to disk where a spill store is set
-   (nothing lost: with a store, nothing is evicted here), else sessions idle for
-   ``idle_free_s`` or more evicted (unpinned, least recently used first), as many as the
-   request lacks. Only one request frees at a time.
+   (nothing lost, so a session idle ``BUDGET_IDLE_S`` qualifies, and nothing is evicted
+   here), else sessions idle for ``idle_free_s`` or more evicted (unpinned, least recently
+   used first), as many as the request lacks; what is still lacking is asked of the other
+   workers (``ledger.want``). Only one request frees at a time.
 2. **Wait in line** (``wait_s`` > 0): in arrival order, until memory is released or freed,
    or the wait runs out. Only the first in line may be admitted, so small requests cannot
    starve a large one (``admission.Admission.admit_locked``). A blocking wait sleeps on the
