@@ -134,7 +134,7 @@ def _status(args: argparse.Namespace) -> int:
     assert isinstance(rungs, dict)
     print(
         f"rungs      warning {rungs['warning_ratio']:.1%}, critical {rungs['critical_ratio']:.1%}, "
-        f"floor {monitor.thresholds.floor_bytes / mib:,.0f} MiB"
+        f"floor {int(str(rungs['floor_bytes'])) / mib:,.0f} MiB"
         + ("" if rungs["in_order"] else "  OUT OF ORDER: the floor comes first at this limit")
     )
     print("configuration in force:")
