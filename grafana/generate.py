@@ -556,8 +556,7 @@ def overview() -> dict[str, Any]:
                     "cleanups gpu {{gpu}}",
                 ),
                 target(
-                    "sum by (gpu) (rate("
-                    f"pathoai_gpu_oom_errors_total{{{SEL}}}[$__rate_interval]))",
+                    f"sum by (gpu) (rate(pathoai_gpu_oom_errors_total{{{SEL}}}[$__rate_interval]))",
                     "CUDA OOMs answered 503, gpu {{gpu}}",
                     ref="B",
                 ),

@@ -27,7 +27,7 @@ class Scripted:
     def sample(self) -> Reading:
         self.calls += 1
         if self.fail is not None:
-            raise self.fail
+            raise self.fail.with_traceback(None)  # a fresh traceback each time
         held = self.sessions.aggregates().total_bytes if self.sessions else 0
         avail = max(0, self.available - held)
         return combine(self.total, avail, None, None, None, 0, time.time(), time.monotonic())

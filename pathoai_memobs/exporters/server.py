@@ -27,6 +27,7 @@ from ..logging import EXPORTER_CLIENT_DROPPED, EXPORTER_EXPOSED, RateLimit, emit
 
 if TYPE_CHECKING:
     from ..debug_memory import DebugMemory
+    from ..probes import Probes
 
 DEFAULT_PORT = 9464
 
@@ -73,15 +74,20 @@ class _Handler(WSGIRequestHandler):
 def _guarded(
     app: Callable[..., Any], basic_auth: tuple[str, str] | None,
     debug: Callable[..., Iterable[bytes]] | None = None,
+    probes: Callable[..., Iterable[bytes]] | None = None,
 ) -> Callable[..., Iterable[bytes]]:  # fmt: skip
     """Serve ``/metrics`` (and ``/`` as a pointer to it), ``/debug/memory`` where given;
-    404 elsewhere; basic auth, if set, for all of them."""
+    404 elsewhere; basic auth, if set, for all of them but the probes (``/readyz``,
+    ``/livez``, where given: a kubelet's probe carries no credentials, and they tell only
+    the level)."""
     expected = None
     if basic_auth is not None:
         user, password = basic_auth
         expected = f"{user}:{password}".encode()
 
     def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if probes is not None and environ.get("PATH_INFO") in ("/readyz", "/livez"):
+            return probes(environ, start_response)
         if expected is not None:
             header = environ.get("HTTP_AUTHORIZATION", "")
             scheme, _, token = header.partition(" ")
@@ -140,6 +146,7 @@ def start_http_server(
     client_auth_required: bool = False,
     basic_auth: tuple[str, str] | None = None,
     debug: DebugMemory | None = None,
+    probes: Probes | None = None,
 ) -> MetricsServer:
     """Serve ``/metrics`` from a daemon thread, on loopback unless told otherwise.
 
@@ -147,7 +154,8 @@ def start_http_server(
     ``client_cafile`` with ``client_auth_required`` asks for client certificates (mutual
     TLS), and ``basic_auth=(user, password)`` asks for HTTP basic credentials.
     ``port=0`` picks a free port (read it back from ``.port``). ``debug`` (a
-    ``debug_memory.DebugMemory``) also serves ``/debug/memory``, off by default.
+    ``debug_memory.DebugMemory``) also serves ``/debug/memory``, off by default; ``probes``
+    (a ``probes.Probes``) serves ``/readyz`` and ``/livez`` for Kubernetes.
     """
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an integer 0-65535, got {port!r}")
@@ -155,7 +163,8 @@ def start_http_server(
         raise TypeError(f"addr must be a string, got {addr!r}")
     context = _tls_context(certfile, keyfile, client_cafile, client_auth_required)
     app = _guarded(_prom_wsgi_app(registry), _credentials(basic_auth),
-                   debug.wsgi if debug is not None else None)  # fmt: skip
+                   debug.wsgi if debug is not None else None,
+                   probes.wsgi if probes is not None else None)  # fmt: skip
     server_class: type[_Server] = _Server
     if ":" in addr:
         server_class = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
