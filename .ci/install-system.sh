@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Install the system components the tests and the stack use, only where they are missing:
 # Debian's prometheus (prometheus, promtool), prometheus-alertmanager (alertmanager, amtool)
-# and openssl.
+# openssl and kubectl (Debian's kubernetes-client).
 set -euo pipefail
 missing=()
 command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
 { command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null; } \
   && command -v amtool >/dev/null || missing+=(prometheus-alertmanager)
 command -v openssl >/dev/null || missing+=(openssl)  # certificates for the exporter's TLS tests
+command -v kubectl >/dev/null || missing+=(kubernetes-client)  # kubectl kustomize of deploy/
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then

@@ -98,7 +98,8 @@ def test_dashboards_equal_their_generator_and_have_units() -> None:
     assert out.returncode == 0, out.stdout
     dash = json.loads(DASHBOARD.read_text())
     names = {v["name"] for v in dash["templating"]["list"]}
-    assert {"datasource", "job", "instance"} <= names
+    assert {"datasource", "job", "namespace", "instance"} <= names
+    assert "Fleet" in {p["title"] for p in dash["panels"] if p["type"] == "row"}
     panels = [p for p in dash["panels"] if p["type"] != "row"]
     assert len(panels) >= 18
     for p in panels:
@@ -113,10 +114,13 @@ def test_dashboards_equal_their_generator_and_have_units() -> None:
 
 def panel_queries() -> list[tuple[str, str]]:
     dash = json.loads(DASHBOARD.read_text())
+    every = {v["name"]: v["allValue"] for v in dash["templating"]["list"] if "allValue" in v}
     out = []
     for p in dash["panels"]:
         for t in p.get("targets", []):
-            expr = t["expr"].replace("$job", ".+").replace("$instance", ".+")
+            expr = t["expr"]
+            for name, value in every.items():  # "All", as Grafana sends it
+                expr = expr.replace(f"${name}", value)
             expr = expr.replace("$__rate_interval", "1m")
             gens = ["0", "1", "2"] if "$generation" in expr else [""]
             out += [(p["title"], expr.replace("$generation", g)) for g in gens]

@@ -149,7 +149,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     from . import demo  # noqa: PLC0415
 
-    settings = demo.DemoSettings(duration_s=args.duration, port=args.port, json_lines=args.json)
+    settings = demo.DemoSettings(
+        duration_s=args.duration, port=args.port, addr=args.addr, json_lines=args.json
+    )
     if args.log:
         settings.log_path = Path(args.log)
     inner = os.environ.get(demo.INNER_ENV) == "1"
@@ -165,15 +167,27 @@ def _stack(args: argparse.Namespace) -> int:
 def _assets(args: argparse.Namespace) -> int:
     from pathlib import Path  # noqa: PLC0415
 
+    from ..assets import AssetOptions, AssetOptionsError, parse_pairs  # noqa: PLC0415
     from . import assets  # noqa: PLC0415
 
     try:
-        written = assets.write(Path(args.out))
-    except OSError as exc:  # a file in the way, no permission, no assets in this build
+        options = AssetOptions(
+            job=args.job, namespace=args.namespace, runbook_url=args.runbook_url,
+            labels=parse_pairs(args.label, "--label"),
+            for_windows=parse_pairs(args.for_window, "--for"),
+            kubernetes=args.kubernetes, app=args.app, scrape_interval=args.scrape_interval,
+        )  # fmt: skip
+        written, rendered = assets.write(Path(args.out), options)
+    except AssetOptionsError as exc:  # nothing was written
+        print(f"assets: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file in the way, no permission
         print(f"assets: {exc}", file=sys.stderr)
         return 1
     for target in written:
         print(target)
+    for note in rendered.notes:
+        print(f"assets: note: {note}", file=sys.stderr)
     return 0
 
 
@@ -226,7 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     status.set_defaults(func=_status)
     demo = sub.add_parser("demo", help="run the demo workload with the exporter and JSON logs")
     demo.add_argument("--duration", type=_seconds, default=90.0, help="seconds (Ctrl-C ends early)")
-    demo.add_argument("--port", type=_port, default=9464, help="metrics port on 127.0.0.1")
+    demo.add_argument("--port", type=_port, default=9464, help="metrics port")
+    demo.add_argument("--addr", default="127.0.0.1", help="metrics address (0.0.0.0 in a pod)")
     demo.add_argument("--json", action="store_true", help="a JSON status line every second")
     demo.add_argument("--log", type=_writable_file, help="JSON log file (default: in the temp dir)")
     demo.add_argument("--no-cgroup", action="store_true", help="use a budget, not a cgroup")
@@ -245,6 +260,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     top.set_defaults(func=_top)
     out = sub.add_parser("assets", help="write the alert rules, routing and dashboards to a folder")
     out.add_argument("--out", required=True, help="folder to write into (created if missing)")
+    out.add_argument("--job", default="pathoai.*", help="regex of the scrape job's name")
+    out.add_argument("--namespace", help="Kubernetes namespace: selectors and objects")
+    out.add_argument(
+        "--runbook-url",
+        default="docs/runbooks.md",
+        help="where the runbooks are; alerts link URL#alertname",
+    )
+    out.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a label on every Kubernetes object, e.g. release=prometheus",
+    )
+    out.add_argument(
+        "--for",
+        dest="for_window",
+        action="append",
+        default=[],
+        metavar="ALERT=DURATION",
+        help="an alert's for: window, e.g. PathoAIMemoryWarning=10m",
+    )
+    out.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="also PrometheusRule, ServiceMonitor, PodMonitor, dashboards ConfigMap",
+    )
+    out.add_argument(
+        "--app",
+        default="pathoai-memobs",
+        help="Kubernetes objects' name and the app.kubernetes.io/name they select",
+    )
+    out.add_argument("--scrape-interval", default="15s", help="the monitors' scrape interval")
     out.set_defaults(func=_assets)
     args = parser.parse_args(argv)
     try:

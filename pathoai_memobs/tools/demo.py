@@ -48,6 +48,9 @@ class DemoSettings:
 
     duration_s: float = 90.0
     port: int = 9464
+    #: Where the exporter listens; a pod serves on 0.0.0.0 (then without /debug/memory,
+    #: whose actions are for the loopback only).
+    addr: str = "127.0.0.1"
     floor_mb: float = 150.0
     session_timeout_s: float = 12.0
     wave_period_s: float = 30.0
@@ -203,7 +206,7 @@ def status_lines(scene: Scene, elapsed: float) -> list[str]:
         f"gc        last pause {snap.last_seconds * 1000:.2f} ms "
         f"(generation {snap.last_generation})",
         f"emergency {emergency}",
-        f"look at   http://127.0.0.1:{s.port}/metrics   /debug/memory   logs {s.log_path}",
+        f"look at   http://{s.addr}:{s.port}/metrics   /debug/memory   logs {s.log_path}",
     ]
 
 
@@ -236,11 +239,13 @@ def run(s: DemoSettings, where: str, sampler: Any = None, out: TextIO = sys.stdo
     )
     instrument(monitor, sessions, gcm)
     from ..debug_memory import DebugMemory  # noqa: PLC0415
+    from ..probes import Probes  # noqa: PLC0415
 
+    debug = DebugMemory(monitor, sessions) if s.addr in ("127.0.0.1", "::1", "localhost") else None
     try:
-        server = start_http_server(s.port, debug=DebugMemory(monitor, sessions))
+        server = start_http_server(s.port, s.addr, debug=debug, probes=Probes(monitor))
     except OSError as exc:
-        print(f"cannot serve metrics on 127.0.0.1:{s.port}: {exc.strerror}", file=sys.stderr)
+        print(f"cannot serve metrics on {s.addr}:{s.port}: {exc.strerror}", file=sys.stderr)
         return 1
     work = Workload(monitor, sessions, s)
     scene = Scene(monitor, sessions, work, s, where)

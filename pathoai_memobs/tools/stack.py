@@ -132,9 +132,9 @@ class Stack:
         self.dir = Path(tempfile.mkdtemp(prefix="pathoai-stack-"))
         self.services: list[Service] = []
         try:
-            rules = self.dir / "pathoai-memory.rules.yml"
-            shutil.copy(assets.path("alerts", "pathoai-memory.rules.yml"), rules)
-            routing = assets.path("alerts", "alertmanager.yml")
+            assets.write(self.dir / "assets")  # the shipped rules, routing and dashboards
+            rules = self.dir / "assets" / "alerts" / "pathoai-memory.rules.yml"
+            routing = self.dir / "assets" / "alerts" / "alertmanager.yml"
             am = alertmanager(self.dir, routing, port=alertmanager_port)
             self.services.append(am)
             self.services.append(
@@ -186,9 +186,8 @@ def main(
                 f"prometheus    {urls['prometheus']}  (scraping {target}, rules loaded)", file=out
             )
             print(f"alertmanager  {urls['alertmanager']}", file=out)
-            grafana = assets.root() / "grafana" / "provisioning"
-            if grafana.exists():
-                print(f"grafana       point your Grafana's provisioning at {grafana}", file=out)
+            grafana = stack.dir / "assets" / "grafana" / "provisioning"
+            print(f"grafana       point your Grafana's provisioning at {grafana}", file=out)
             print(f"workdir       {stack.dir} (removed on stop)", file=out)
             print("Ctrl-C or SIGTERM stops everything.", file=out, flush=True)
             stop.wait(duration if duration > 0 else None)
