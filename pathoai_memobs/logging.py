@@ -57,6 +57,8 @@ GPU_DEVICE_LOST: Final = "gpu_device_lost"
 GPU_LEVEL_CHANGED: Final = "gpu_level_changed"
 GPU_EMERGENCY_CLEANUP: Final = "gpu_emergency_cleanup"
 GPU_OOM_CAUGHT: Final = "gpu_oom_caught"
+WORKER_RECYCLING: Final = "worker_recycling"
+WORKER_RECYCLE_DEFERRED: Final = "worker_recycle_deferred"
 
 Format = Literal["auto", "json", "console"]
 
