@@ -76,6 +76,7 @@ def test_every_series_follows_the_conventions_and_is_in_the_catalogue() -> None:
     optional.add("pathoai_sessions_budget_bytes")  # once a largest request is declared
     optional.add("pathoai_session_spill_budget_bytes")  # while spilling is on
     optional.add("pathoai_memory_charged_bytes")  # read from a cgroup only
+    optional.add("pathoai_worker_recycles_total")  # RecycleCollector, under gunicorn
     optional.add("pathoai_previous_run_info")  # with a state directory and a past run
     optional |= {"pathoai_session_spill_disk_free_bytes", "pathoai_session_spill_disk_size_bytes"}
     optional |= {m.name for m in CATALOGUE if m.name.startswith("pathoai_gpu_")}  # with a GPU

@@ -15,7 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
+from pathoai_memobs.exporters.recycles import RecycleCollector
 from pathoai_memobs.recycling import WorkerRecycler, recycles, should_recycle
 from pathoai_memobs.tools.cgroup_sandbox import MemoryCgroup
 
@@ -115,3 +117,7 @@ def test_a_leaking_gunicorn_worker_is_recycled_and_no_request_fails(
     recycled = [e for e in events if e.get("event") == "worker_recycling"]
     assert len(recycled) == recycles(locks)
     assert all(e["unmanaged_bytes"] - e["baseline_bytes"] > 64 * MIB for e in recycled)
+    registry = CollectorRegistry()
+    registry.register(RecycleCollector(locks))
+    scraped = generate_latest(registry).decode()
+    assert f"pathoai_worker_recycles_total {float(recycles(locks))}" in scraped
