@@ -75,29 +75,25 @@ def prometheus_rule(options: AssetOptions, rules_text: str) -> str:
     return head + "spec:\n" + body
 
 
-def service_monitor(options: AssetOptions) -> str:
-    spec = {
+def _monitor(options: AssetOptions, kind: str, endpoints: str) -> str:
+    """A ServiceMonitor or PodMonitor: the ``metrics`` port of what carries the app label."""
+    spec: dict[str, Any] = {
         "selector": {"matchLabels": {"app.kubernetes.io/name": options.app}},
-        "endpoints": [{"port": "metrics", "path": "/metrics", "interval": options.scrape_interval}],
+        endpoints: [{"port": "metrics", "path": "/metrics", "interval": options.scrape_interval}],
     }
     if options.namespace:
         spec["namespaceSelector"] = {"matchNames": [options.namespace]}
-    return dump({"apiVersion": API, "kind": "ServiceMonitor",
+    return dump({"apiVersion": API, "kind": kind,
                  "metadata": _metadata(options, options.app), "spec": spec})  # fmt: skip
+
+
+def service_monitor(options: AssetOptions) -> str:
+    return _monitor(options, "ServiceMonitor", "endpoints")
 
 
 def pod_monitor(options: AssetOptions) -> str:
     """For pods without a Service (batch workers, sidecars): the same port, by pod label."""
-    spec = {
-        "selector": {"matchLabels": {"app.kubernetes.io/name": options.app}},
-        "podMetricsEndpoints": [
-            {"port": "metrics", "path": "/metrics", "interval": options.scrape_interval}
-        ],
-    }
-    if options.namespace:
-        spec["namespaceSelector"] = {"matchNames": [options.namespace]}
-    return dump({"apiVersion": API, "kind": "PodMonitor",
-                 "metadata": _metadata(options, options.app), "spec": spec})  # fmt: skip
+    return _monitor(options, "PodMonitor", "podMetricsEndpoints")
 
 
 def dashboards_config_map(options: AssetOptions, dashboards: Mapping[str, str]) -> str:
