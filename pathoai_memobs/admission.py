@@ -207,6 +207,11 @@ class Admission:
                 self._line.remove(ticket)
                 self._changed.notify_all()
 
+    def notify(self) -> None:
+        """Wake the blocking waiters to look again (memory was freed)."""
+        with self.lock:
+            self._changed.notify_all()
+
     def wait_for_change(self, timeout_s: float) -> None:
         """Sleep until memory is released or the line moves, at most ``timeout_s``."""
         with self._changed:

@@ -272,7 +272,7 @@ class EmergencyCleanup:
             needed = self.target_bytes - self._available()
             if needed <= 0:
                 return
-            if sessions.spill_idle(needed, min_idle_s=0.0) > 0:
+            if sessions.spill_idle(needed, min_idle_s=0.0, waiting=True) > 0:
                 continue  # re-measure: what went to disk may be enough
             before = sessions.removed_total("emergency")
             freed = sessions.evict_least_recently_used(needed, reason="emergency")

@@ -1,60 +1,57 @@
 """AdmissionGate: admit now, free idle memory and admit, or wait in line, then refuse.
 
-A request that does not fit is not refused at once:
-
-1. **Free before refusing.** Memory that no active request needs goes first: expired
-   sessions, then idle sessions' large buffers spilled to disk where a spill store is set
-   (nothing lost, so a session idle ``BUDGET_IDLE_S`` qualifies, and nothing is evicted
-   here), else sessions idle for ``idle_free_s`` or more evicted (unpinned, least recently
-   used first), as many as the request lacks; what is still lacking is asked of the other
-   workers (``ledger.want``). Only one request frees at a time.
-2. **Wait in line** (``wait_s`` > 0): in arrival order, until memory is released or freed,
+1. **Free before refusing** what no active request needs (``freeing``: expired sessions,
+   idle ones spilled, else evicted; the rest asked of the other workers). A request that
+   may wait has it freed in the background while it waits.
+2. **Wait in line** (``wait_s`` > 0), in arrival order, until memory is released or freed
    or the wait runs out. Only the first in line may be admitted, so small requests cannot
-   starve a large one (``admission.Admission.admit_locked``). A blocking wait sleeps on the
+   starve a large one (``Admission.admit_locked``). A blocking wait sleeps on the
    admission's condition; an async one polls without blocking the event loop.
 3. **Refuse** with a retry hint from the line (how long holds last, how many wait ahead).
 
-New work (a request for no existing session, ``new_work``) must also fit the session
-budget (``session_budget``), after freeing least recently used unpinned sessions; while it
-does not, it waits aside, and requests for existing sessions go ahead of it in line. What
-it lacks beyond this worker's sessions it asks the other workers for through the shared
-ledger (``ledger.want``); each serves that from its own idle sessions (``serve_peers``,
-before each of its admissions and in its monitor's loop) and publishes what is left.
-
-The decisions are the admission's and ``session_accounting.eviction_order``'s; this module
-sequences them around fresh readings.
+New work (a request for no existing session, ``new_work``) waits aside while requests on
+existing sessions wait (finishing started work frees its memory sooner; a new session is
+more to hold), and must fit the session budget (``session_budget``), after freeing idle
+sessions. A request on a session
+(``session=``) has that session's bytes on disk booked with its own (``session_admission``).
+Each worker serves the other workers' wants from a thread of its own (``Freeing.for_peers``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from .admission import Admission, GpuNeed
 from .errors import ErrorCounts
+from .freeing import Freeing
 from .pressure import Level
 from .reading import Reading
 from .session_budget import SessionBudget, over_budget
 
 if TYPE_CHECKING:
     from .exceptions import InsufficientMemoryError
-    from .session_manager import RemovalReason, SessionManager
+    from .session_manager import SessionManager
 
 #: A waiting request looks again at least this often (memory may be freed by anything).
 POLL_S = 0.1
-#: Sessions freed for the budget have been idle this long at least.
-BUDGET_IDLE_S = 0.25
-#: A want posted for other workers' sessions lasts this long unless renewed (a waiting
-#: request renews it at each look, every POLL_S).
-WANT_TTL_S = 1.0
 
 Observe = Callable[[Reading, int, bool, int, "GpuNeed | None"], tuple[bool, int]]
 #: GPU bytes a request asks for: (device, bytes), or None for none.
 GpuAsk = tuple[int, int] | None
+Outcome = tuple["InsufficientMemoryError | None", int]
+
+
+@dataclass
+class Grant:
+    """An admitted hold: ``extra`` bytes booked beyond the request's own at the look that
+    admitted it (its session's spilled bytes then), held until ``AdmissionGate.give_back``."""
+
+    extra: int = 0
 
 
 class AdmissionGate:
@@ -81,14 +78,14 @@ class AdmissionGate:
         self._level, self._admission, self._errors = level, admission, errors
         self._sessions, self._cooldown_left_s = sessions, cooldown_left_s
         self._start_cleanup = start_cleanup
-        self.idle_free_s = idle_free_s
         self._floor = floor  # the floor fitted to a limit
         self._gpu = gpu  # a device's free bytes, floor and level, read now
         self._clock = clock
-        self._freeing = threading.Lock()
         self.start_gpu_cleanup: Callable[[int], None] | None = None  # set by the monitor
-        self.freed_sessions = 0
         self.budget = SessionBudget()
+        self.freeing = Freeing(admission=admission, sessions=sessions, errors=errors,
+                               budget_active=lambda: self.budget.active,
+                               idle_free_s=idle_free_s)  # fmt: skip
 
     def admit(
         self, required: int, *, hold: bool, wait_s: float = 0.0, new_work: bool = False,
@@ -97,90 +94,132 @@ class AdmissionGate:
         """Admit ``required`` bytes (held when ``hold``), and ``gpu`` (device, bytes) in the
         same decision, freeing and waiting as above; the refusal, counted and logged, where
         it does not fit in time."""
-        steps = self._steps(required, hold, wait_s, new_work, gpu)
+        return self._run(self._steps(required, hold, wait_s, new_work, gpu))[0]
+
+    def _run(self, steps: Generator[float, None, Outcome]) -> Outcome:
         try:
             while True:
                 self._admission.wait_for_change(next(steps))
         except StopIteration as done:
-            return cast("InsufficientMemoryError | None", done.value)
+            return cast("Outcome", done.value)
         finally:  # interrupted while waiting: give the place in line up now
             steps.close()
 
-    async def admit_async(
-        self, required: int, *, wait_s: float, new_work: bool = False, gpu: GpuAsk = None
-    ) -> InsufficientMemoryError | None:
-        """``admit(required, hold=True, wait_s=...)`` for an event loop: the wait never
-        blocks it (each look is a quick, non-blocking decision)."""
-        steps = self._steps(required, True, wait_s, new_work, gpu)
+    @staticmethod
+    async def _run_async(steps: Generator[float, None, Outcome]) -> Outcome:
         try:
             while True:
                 await asyncio.sleep(next(steps))
         except StopIteration as done:
-            return cast("InsufficientMemoryError | None", done.value)
+            return cast("Outcome", done.value)
         finally:  # cancelled (a client went away) while waiting: give the place up now
             steps.close()
 
     def _steps(
-        self, required: int, hold: bool, wait_s: float, new_work: bool, gpu: GpuAsk = None
-    ) -> Generator[float, None, InsufficientMemoryError | None]:
+        self, required: int, hold: bool, wait_s: float, new_work: bool, gpu: GpuAsk = None,
+        *, session: str | None = None,
+    ) -> Generator[float, None, Outcome]:  # fmt: skip
         """The decision, as a generator that yields how long to wait before looking again;
-        it returns the refusal (or None). Sync and async callers differ only in the wait."""
+        it returns the refusal (or None) and the bytes admitted beyond ``required``: those
+        of ``session`` on disk at that look (never spilled by this request's own freeing).
+        Sync and async callers differ only in the wait."""
         self._admission.count_request()
-        self.serve_peers()  # another worker's new work may wait for sessions held here
-        admitted, reading, reserved, need = self._try(required, hold, 0, new_work, gpu)
-        if not admitted and self._free(required, reading, reserved, need):
-            admitted, reading, reserved, need = self._try(required, hold, 0, new_work, gpu)
+        since = time.monotonic()  # system-wide: the workers' wants are ordered by it
+        inline = not hold or wait_s <= 0  # a request that cannot wait has it freed now
+        look = self._look(required, hold, 0, new_work, gpu, session, since, inline)
+        admitted, reading, reserved, need, more = look
         if admitted:
-            return None
-        if not hold or wait_s <= 0:
-            return self._refuse(required, reading, reserved, gpu=need)
+            return None, more
+        if inline:
+            return self._refuse(required + more, reading, reserved, gpu=need), 0
         ticket, started = self._admission.join(), self._clock()
+        if session is not None:
+            self.freeing.waiting[ticket] = since
         try:
             while True:
-                admitted, reading, reserved, need = self._try(required, hold, ticket, new_work,
-                                                              gpu)  # fmt: skip
-                if (not admitted and self._first(ticket)
-                        and self._free(required, reading, reserved, need)):  # fmt: skip
-                    admitted, reading, reserved, need = self._try(required, hold, ticket,
-                                                                  new_work, gpu)  # fmt: skip
+                look = self._look(required, hold, ticket, new_work, gpu, session, since, False)
+                admitted, reading, reserved, need, more = look
                 if admitted:
                     self._waited("admitted", started)
-                    return None
+                    return None, more
                 left = started + wait_s - self._clock()
                 if left <= 0:
-                    return self._give_up(ticket, started, required, reading, reserved, need)
+                    return self._give_up(ticket, started, required + more, reading, reserved,
+                                         need), 0  # fmt: skip
                 yield min(left, POLL_S)
         except BaseException:  # interrupted while waiting (GeneratorExit included)
             self._admission.leave(ticket)
             raise
+        finally:
+            self.freeing.waiting.pop(ticket, None)
+
+    def _look(  # noqa: PLR0917 -- one look of _steps, private
+        self, required: int, hold: bool, ticket: int, new_work: bool, gpu: GpuAsk,
+        session: str | None, since: float, inline: bool,
+    ) -> tuple[bool, Reading, int, GpuNeed | None, int]:  # fmt: skip
+        """One look: decide, and where it does not fit and this request may go first, free
+        (``inline``: now, and decide again); also the bytes of ``session`` on disk that it
+        counted."""
+        more = self._spilled(session)
+        admitted, reading, reserved, need = self._try(required + more, hold, ticket, new_work,
+                                                      gpu, inline)  # fmt: skip
+        first = ticket == 0 or self._first(ticket)
+        freed = (
+            not admitted
+            and first
+            and self._free(
+                required + more, reading, reserved, need, keep=session, since=since, inline=inline
+            )
+        )
+        if freed:
+            more = self._spilled(session)
+            admitted, reading, reserved, need = self._try(required + more, hold, ticket,
+                                                          new_work, gpu, inline)  # fmt: skip
+        return admitted, reading, reserved, need, more
+
+    def _spilled(self, session: str | None) -> int:
+        sessions = self._sessions()
+        return 0 if session is None or sessions is None else sessions.spilled_bytes(session)
 
     @contextmanager
     def hold(
-        self, required: int, wait_s: float, *, new_work: bool = False, gpu: GpuAsk = None
-    ) -> Iterator[None]:
-        """Admit and hold ``required`` bytes (and ``gpu``) for the block; a refusal raises."""
-        error = self.admit(required, hold=True, wait_s=wait_s, new_work=new_work, gpu=gpu)
+        self, required: int, wait_s: float, *, new_work: bool = False, gpu: GpuAsk = None,
+        session: str | None = None,
+    ) -> Iterator[Grant]:  # fmt: skip
+        """Admit and hold ``required`` bytes (and ``gpu``, and ``session``'s bytes on disk at
+        the admitting look: ``session_admission``) for the block; a refusal raises."""
+        error, more = self._run(self._steps(required, True, wait_s, new_work, gpu,
+                                            session=session))  # fmt: skip
         if error is not None:
             raise error
-        started = self._clock()
+        grant, started = Grant(more), self._clock()
         try:
-            yield
+            yield grant
         finally:
-            self._release(required, started, gpu)
+            self._release(required + grant.extra, started, gpu)
 
     @asynccontextmanager
     async def hold_async(
-        self, required: int, wait_s: float, *, new_work: bool = False, gpu: GpuAsk = None
-    ) -> AsyncIterator[None]:
+        self, required: int, wait_s: float, *, new_work: bool = False, gpu: GpuAsk = None,
+        session: str | None = None,
+    ) -> AsyncIterator[Grant]:  # fmt: skip
         """``hold`` for an event loop."""
-        error = await self.admit_async(required, wait_s=wait_s, new_work=new_work, gpu=gpu)
+        steps = self._steps(required, True, wait_s, new_work, gpu, session=session)
+        error, more = await self._run_async(steps)
         if error is not None:
             raise error
-        started = self._clock()
+        grant, started = Grant(more), self._clock()
         try:
-            yield
+            yield grant
         finally:
-            self._release(required, started, gpu)
+            self._release(required + grant.extra, started, gpu)
+
+    def give_back(self, grant: Grant) -> None:
+        """Release a hold's extra bytes before its block ends (a restored session's bytes
+        are the session's from then on, counted in every reading)."""
+        if grant.extra:
+            self._admission.release(grant.extra)
+            grant.extra = 0
 
     def _release(self, required: int, started: float, gpu: GpuAsk) -> None:
         held = GpuNeed(gpu[0], gpu[1], 0, 0, Level.NORMAL) if gpu else None
@@ -199,9 +238,10 @@ class AdmissionGate:
 
     # -- steps ------------------------------------------------------------------------------
 
-    def _try(
-        self, required: int, hold: bool, ticket: int, new_work: bool = False, gpu: GpuAsk = None
-    ) -> tuple[bool, Reading, int, GpuNeed | None]:
+    def _try(  # noqa: PLR0917 -- one decision of _look, private
+        self, required: int, hold: bool, ticket: int, new_work: bool = False, gpu: GpuAsk = None,
+        inline: bool = True,
+    ) -> tuple[bool, Reading, int, GpuNeed | None]:  # fmt: skip
         """One decision against a fresh reading (or, where that fails, a recent one), and
         the GPU's where ``gpu`` asks for device bytes."""
         try:
@@ -210,7 +250,8 @@ class AdmissionGate:
             self._errors.count("sample", exc)
             reading = self._admission.fallback(self._last(), time.monotonic(), exc)
         need = self._gpu(*gpu) if gpu and self._gpu is not None else None
-        if new_work and not self._within_budget(required, reading):
+        behind = new_work and bool(self.freeing.waiting)  # started work finishes first
+        if behind or (new_work and not self._within_budget(required, reading, inline)):
             self._admission.hold_aside(ticket)  # requests for existing sessions go ahead
             _, reserved = self._observe(reading, 0, False, 0, None)  # the reading counts
             return False, reading, reserved, need
@@ -218,10 +259,9 @@ class AdmissionGate:
         admitted, reserved = self._observe(reading, required, hold, ticket, need)
         return admitted, reading, reserved, need
 
-    def _within_budget(self, required: int, reading: Reading) -> bool:
+    def _within_budget(self, required: int, reading: Reading, inline: bool) -> bool:
         """Whether new work of ``required`` bytes fits the session budget, after freeing
-        least recently used unpinned sessions (spilled, else evicted with reason "budget")
-        to make it fit; what this worker cannot free it asks the other workers for."""
+        idle sessions to make it fit (``Freeing.for_budget``; ``inline``: now)."""
         sessions = self._sessions()
         if sessions is None or not self.budget.active:
             return True
@@ -229,52 +269,13 @@ class AdmissionGate:
         need = over_budget(held + reserved, required, budget)  # in flight may become sessions
         if need == 0:
             return True
-        with self._freeing:
-            freed = self._free_idle(sessions, need)
-        if freed < need:  # the rest are other workers' sessions: ask them (renewed per look)
-            ledger = self._admission.ledger
-            with ledger.transaction():
-                ledger.want(need - freed, time.monotonic(), WANT_TTL_S)
+        freed = self.freeing.for_budget(need, inline=inline)
         return over_budget(held - freed + reserved, required, budget) == 0
 
-    @staticmethod
-    def _free_idle(
-        sessions: SessionManager, need: int, *, reason: RemovalReason = "budget",
-        spill_idle_s: float = BUDGET_IDLE_S, evict_idle_s: float = BUDGET_IDLE_S,
-    ) -> int:  # fmt: skip
-        """Free ``need`` bytes of this worker's unpinned sessions, least recently used first:
-        those idle ``spill_idle_s`` spilled where a store is set, and then never evicted, so
-        nothing is lost (the request waits or is refused instead); without a store, those
-        idle ``evict_idle_s`` evicted with ``reason``. The bytes freed. By default, for the
-        budget: idle a moment at least, not one a request is filling now."""
-        freed = sessions.spill_idle(need, min_idle_s=spill_idle_s)
-        if freed < need and sessions.spill_store is None:
-            freed += sessions.evict_least_recently_used(
-                need - freed, reason=reason, min_idle_s=evict_idle_s
-            )
-        return freed
-
     def serve_peers(self) -> int:
-        """Free this worker's idle sessions for new work another worker is waiting with
-        (``ledger.want``), and publish what is left; the bytes freed. One mapped read when
-        nobody waits; called from the monitor's loop and before each admission here."""
-        sessions = self._sessions()
-        ledger = self._admission.ledger
-        if sessions is None or not self.budget.active or not ledger.wanted(time.monotonic()):
-            return 0
-        if not self._freeing.acquire(blocking=False):
-            return 0
-        try:
-            with ledger.transaction():
-                want = ledger.wanted(time.monotonic())
-            freed = self._free_idle(sessions, min(want, sessions.total_bytes)) if want else 0
-        finally:
-            self._freeing.release()
-        if freed:
-            with ledger.transaction():
-                ledger.served(freed)
-                ledger.sessions(sessions.total_bytes)  # the waiting worker sees it at once
-        return freed
+        """Serve the other workers' wants from this worker's sessions now (``Freeing.
+        for_peers``); the bytes freed. The monitor's loop calls it."""
+        return self.freeing.for_peers(inline=True)
 
     def budget_bytes(self) -> int | None:
         """The session budget at the last reading, over every worker (None while it is off
@@ -296,36 +297,22 @@ class AdmissionGate:
     def _first(self, ticket: int) -> bool:
         return self._admission.position(ticket) == 0
 
-    def _free(self, required: int, reading: Reading, reserved: int, need: GpuNeed | None) -> bool:
-        """Free what no active request needs, up to what ``required`` lacks; True when
-        anything was freed. Not in EMERGENCY (the cleanup does that), and one at a time.
-        Where the GPU refused, its device's cleanup frees (in EMERGENCY only)."""
+    def _free(
+        self, required: int, reading: Reading, reserved: int, need: GpuNeed | None,
+        *, keep: str | None, since: float, inline: bool,
+    ) -> bool:  # fmt: skip
+        """Free what no active request needs, up to what ``required`` lacks (``Freeing.
+        for_line``); True when anything was freed now. Not in EMERGENCY (the cleanup does
+        that). Where the GPU refused, its device's cleanup frees (in EMERGENCY only)."""
         if need is not None and need.short:
             if need.level is Level.EMERGENCY and self.start_gpu_cleanup is not None:
                 self.start_gpu_cleanup(need.device)
             return False
-        sessions = self._sessions()
         lacking = required + reserved + self._admission.floor_bytes - reading.available_bytes
-        if sessions is None or lacking <= 0 or self._level() is Level.EMERGENCY:
+        if lacking <= 0 or self._level() is Level.EMERGENCY:
             return False
-        if not self._freeing.acquire(blocking=False):
-            return False
-        try:
-            removed = sessions.cleanup_inactive_sessions()
-            before = sessions.removed_total("idle")
-            freed = self._free_idle(
-                sessions, lacking, reason="idle", evict_idle_s=self.idle_free_s,
-                spill_idle_s=min(self.idle_free_s, sessions.spill_idle_s, BUDGET_IDLE_S),
-            )  # fmt: skip
-            evicted = sessions.removed_total("idle") - before
-            self.freed_sessions += evicted
-            if freed < lacking and self.budget.active:  # the rest: other workers' sessions
-                ledger = self._admission.ledger
-                with ledger.transaction():
-                    ledger.want(lacking - freed, time.monotonic(), WANT_TTL_S)
-            return removed + evicted > 0 or freed > 0
-        finally:
-            self._freeing.release()
+        waiters = lacking > reserved  # what is in flight cannot end the wait: all wait
+        return self.freeing.for_line(lacking, keep, since, waiters=waiters, inline=inline) > 0
 
     def _waited(self, outcome: str, started: float) -> None:
         with self._admission.lock:

@@ -18,15 +18,19 @@ must also see the others' reservations, or two admit the same bytes at once.
 
 Sessions live in the worker that made them, so new work refused by one worker's session
 budget may be waiting for sessions another worker holds. It posts the bytes it lacks in the
-header (``want``: how many, and until when on the system-wide monotonic clock, renewed
-at each look while it waits); each worker serves such a want from its own idle sessions
-(``AdmissionGate.serve_peers``) and takes what it freed off it (``served``).
+header (``want``: how many, until when on the system-wide monotonic clock, renewed at each
+look while it waits, and since when the oldest request behind it waits); each worker
+serves such a want from its own idle sessions, and from those its own requests wait for
+where the want is older than all of them (``AdmissionGate.serve_peers``: one order across
+the workers, so two never spill each other's in turn), and takes what it freed off it
+(``served``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import mmap
 import os
 import struct
@@ -41,13 +45,13 @@ if TYPE_CHECKING:
     from .config import MemoryConfig
 
 MAGIC: Final = b"PATHOAIL"
-VERSION: Final = 4
+VERSION: Final = 5
 SLOTS: Final = 128
 #: GPU devices a ledger books for (indexes 0..GPU_DEVICES-1).
 GPU_DEVICES: Final = 16
 HEADER: Final = struct.Struct("<8sII")  # magic, version, slots
 HEADER_SIZE: Final = 64
-WANT: Final = struct.Struct("<qd")  # at HEADER.size: session bytes wanted, until (monotonic)
+WANT: Final = struct.Struct("<qdd")  # at HEADER.size: bytes wanted, until, since (monotonic)
 SLOT: Final = struct.Struct(f"<qqq{GPU_DEVICES}q")  # pid, held, sessions, GPU held per device
 _STRIDE: Final = 3 + GPU_DEVICES
 FILE_NAME: Final = "pathoai_ledger.bin"
@@ -58,14 +62,17 @@ _EMPTY: Final = (0,) * GPU_DEVICES
 class Ledger(Protocol):
     """What admission books against; every call happens under ``transaction()``."""
 
+    shared: bool  # other processes book against it too
+
     def transaction(self) -> contextlib.AbstractContextManager[None]: ...
     def total(self) -> int: ...
     def add(self, nbytes: int) -> None: ...
     def reap(self) -> int: ...
     def forked(self) -> None: ...
     def sessions(self, own: int) -> int: ...
-    def want(self, nbytes: int, now: float, ttl_s: float) -> None: ...
+    def want(self, nbytes: int, now: float, ttl_s: float, since: float = math.inf) -> None: ...
     def wanted(self, now: float) -> int: ...
+    def wanted_since(self, now: float) -> float: ...
     def served(self, nbytes: int) -> None: ...
     def gpu_total(self, device: int) -> int: ...
     def gpu_add(self, device: int, nbytes: int) -> None: ...
@@ -73,6 +80,8 @@ class Ledger(Protocol):
 
 class LocalLedger:
     """Reservations of this process only: a number, under the caller's lock."""
+
+    shared = False
 
     def __init__(self) -> None:
         self._bytes = 0
@@ -100,11 +109,14 @@ class LocalLedger:
         """Session bytes of every process: here, this one's ``own``."""
         return own
 
-    def want(self, nbytes: int, now: float, ttl_s: float) -> None:
+    def want(self, nbytes: int, now: float, ttl_s: float, since: float = math.inf) -> None:
         """No other process holds sessions: nothing to ask for."""
 
     def wanted(self, now: float) -> int:
         return 0
+
+    def wanted_since(self, now: float) -> float:
+        return math.inf
 
     def served(self, nbytes: int) -> None:
         """Nothing was asked."""
@@ -191,21 +203,29 @@ class _File:
     def gpu_add(self, device: int, nbytes: int) -> None:
         self._add(self._offset(self.slot) + 8 * (3 + device), nbytes)
 
-    def want(self, nbytes: int, now: float, ttl_s: float) -> None:
+    def want(self, nbytes: int, now: float, ttl_s: float, since: float = math.inf) -> None:
         """Ask the other workers for ``nbytes`` of their sessions for ``ttl_s`` from
-        ``now``: the larger of this and a want still current."""
-        wanted, until = WANT.unpack_from(self.map, HEADER.size)
-        current = wanted if now < until else 0
-        WANT.pack_into(self.map, HEADER.size, max(current, nbytes), max(until, now + ttl_s))
+        ``now``, for a request waiting since ``since`` (inf: new work, which waits behind
+        every request for a session): the larger of this and a want still current, and
+        the older of their requests."""
+        wanted, until, first = WANT.unpack_from(self.map, HEADER.size)
+        current, first = (wanted, first) if now < until else (0, math.inf)
+        WANT.pack_into(self.map, HEADER.size, max(current, nbytes), max(until, now + ttl_s),
+                       min(first, since))  # fmt: skip
 
     def wanted(self, now: float) -> int:
-        """Session bytes some worker's new work still waits for (0 once it expired)."""
-        wanted, until = WANT.unpack_from(self.map, HEADER.size)
+        """Session bytes some worker's request still waits for (0 once it expired)."""
+        wanted, until, _ = WANT.unpack_from(self.map, HEADER.size)
         return wanted if now < until else 0
 
+    def wanted_since(self, now: float) -> float:
+        """Since when the oldest request behind the current want waits (inf: none)."""
+        _, until, first = WANT.unpack_from(self.map, HEADER.size)
+        return first if now < until else math.inf
+
     def served(self, nbytes: int) -> None:
-        wanted, until = WANT.unpack_from(self.map, HEADER.size)
-        WANT.pack_into(self.map, HEADER.size, max(0, wanted - nbytes), until)
+        wanted, until, first = WANT.unpack_from(self.map, HEADER.size)
+        WANT.pack_into(self.map, HEADER.size, max(0, wanted - nbytes), until, first)
 
     def add(self, nbytes: int) -> None:
         self._add(self._offset(self.slot) + 8, nbytes)
@@ -253,6 +273,8 @@ class SharedLedger:
     """Reservations of every process that opens the same ``directory`` (see the module
     docstring). The file holds each process's sum, so monitors in one process share a slot."""
 
+    shared = True
+
     def __init__(self, directory: str, variable: str = "ledger_dir") -> None:
         if not os.path.isdir(directory):
             raise ConfigError(variable, directory, "not an existing directory")
@@ -283,11 +305,14 @@ class SharedLedger:
         """Publish this process's session bytes (``own``); every process's sum."""
         return self._file().sessions(own)
 
-    def want(self, nbytes: int, now: float, ttl_s: float) -> None:
-        self._file().want(nbytes, now, ttl_s)
+    def want(self, nbytes: int, now: float, ttl_s: float, since: float = math.inf) -> None:
+        self._file().want(nbytes, now, ttl_s, since)
 
     def wanted(self, now: float) -> int:
         return self._file().wanted(now)
+
+    def wanted_since(self, now: float) -> float:
+        return self._file().wanted_since(now)
 
     def served(self, nbytes: int) -> None:
         self._file().served(nbytes)

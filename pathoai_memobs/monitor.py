@@ -32,6 +32,7 @@ from .readers.psi import CachedPsi, Pressure
 from .readers.select import open_sampler
 from .reading import MemoryMetrics, Reading
 from .sampling_loop import Sampler, SamplingLoop
+from .session_admission import hold_session, hold_session_async
 from .units import non_negative, to_bytes_mb
 
 if TYPE_CHECKING:
@@ -284,26 +285,35 @@ class MemoryMonitor(CleanupMethods):
 
     def reserve(
         self, required_mb: float, *, wait_s: float = 0.0, new_work: bool = False,
-        gpu_mb: float = 0.0, device: int = 0,
-    ) -> AbstractContextManager[None]:  # fmt: skip
+        gpu_mb: float = 0.0, device: int = 0, session: str | None = None,
+    ) -> AbstractContextManager[object]:  # fmt: skip
         """Admit ``required_mb`` MiB and hold them until the ``with`` block ends: two requests
         that each fit alone are not both admitted when together they don't. With ``wait_s``,
         wait in line that long for memory first; ``new_work`` (for no existing session) must
         fit the session budget too (``gate.budget``); ``gpu_mb`` MiB on GPU ``device`` must
-        fit that device too, in the same decision and line. A refusal raises
-        InsufficientMemoryError (InsufficientGpuMemoryError where the GPU refused)."""
+        fit that device too, in the same decision and line; ``session``: the request works
+        on that session, pinned and in memory for the block (``session_admission``). A
+        refusal raises InsufficientMemoryError (InsufficientGpuMemoryError where the GPU
+        refused); a session that is gone SessionNotFoundError."""
         wait = non_negative("wait_s", wait_s, maximum=3600)
         gpu = _gpu_ask(gpu_mb, device) if gpu_mb else None
-        return self._gate.hold(to_bytes_mb(required_mb), wait, new_work=new_work, gpu=gpu)
+        required = to_bytes_mb(required_mb)
+        if session is not None and self.sessions is not None:
+            return hold_session(self._gate, self.sessions, session, required, wait, gpu=gpu)
+        return self._gate.hold(required, wait, new_work=new_work, gpu=gpu)
 
     def reserve_async(
         self, required_mb: float, *, wait_s: float = 0.0, new_work: bool = False,
-        gpu_mb: float = 0.0, device: int = 0,
-    ) -> AbstractAsyncContextManager[None]:  # fmt: skip
+        gpu_mb: float = 0.0, device: int = 0, session: str | None = None,
+    ) -> AbstractAsyncContextManager[object]:  # fmt: skip
         """``reserve`` for an event loop (``async with``): waiting never blocks the loop."""
         wait = non_negative("wait_s", wait_s, maximum=3600)
         gpu = _gpu_ask(gpu_mb, device) if gpu_mb else None
-        return self._gate.hold_async(to_bytes_mb(required_mb), wait, new_work=new_work, gpu=gpu)
+        required = to_bytes_mb(required_mb)
+        if session is not None and self.sessions is not None:
+            return hold_session_async(self._gate, self.sessions, session, required, wait,
+                                      gpu=gpu)  # fmt: skip
+        return self._gate.hold_async(required, wait, new_work=new_work, gpu=gpu)
 
     @property
     def gpu(self) -> GpuWatch:

@@ -43,6 +43,7 @@ class SessionRecord:
         "sid",
         "spilled",
         "version",
+        "waiters",
     )
 
     def __init__(self, sid: str, fp: str, now_mono: float, now_wall: float) -> None:
@@ -55,7 +56,8 @@ class SessionRecord:
         self.refs: dict[int, BufferRef] = {}  # identity -> its bytes and the keys reaching it
         self.host = 0
         self.device = 0
-        self.pins = 0
+        self.pins = 0  # requests working on it: never removed or spilled
+        self.waiters = 0  # requests waiting for memory for it: never removed, may be spilled
         self.spilled: dict[str, Any] = {}  # key -> its Spilled placeholder, while on disk
         self.version = 0  # bumped by every change of data (a spill in flight checks it)
 
@@ -136,15 +138,20 @@ def measure_from_scratch(session: SessionRecord) -> int:
 
 
 def eviction_order(
-    sessions: Iterable[SessionRecord], bytes_needed: int, *, now: float, min_idle_s: float = 0.0
-) -> list[SessionRecord]:
-    """Which sessions to remove to free ``bytes_needed``: unpinned ones idle for at least
-    ``min_idle_s``, least recently used first, until their bytes cover the need. Sessions
-    already on disk are left: removing them would free almost nothing and lose their data."""
+    sessions: Iterable[SessionRecord], bytes_needed: int, *, now: float, min_idle_s: float = 0.0,
+    waiting: bool = False, keep: str | None = None,
+) -> list[SessionRecord]:  # fmt: skip
+    """Which sessions to remove or spill to free ``bytes_needed``: unpinned ones idle for
+    at least ``min_idle_s``, least recently used first, until their bytes cover the need.
+    With ``waiting`` (to spill only: it comes back for its request) also those requests
+    wait for, after every idle one, the latest to arrive first (its turn is furthest off);
+    never ``keep``, the session of the request that frees. Sessions already on disk are left:
+    removing them would free almost nothing and lose their data."""
     candidates = sorted(
-        (s for s in sessions if s.pins == 0 and not s.spilled and now - s.last_mono >= min_idle_s),
-        key=lambda s: s.last_mono,
-    )
+        (s for s in sessions if s.pins == 0 and (waiting or s.waiters == 0) and not s.spilled
+         and now - s.last_mono >= min_idle_s and s.sid != keep),
+        key=lambda s: (1, -s.last_mono) if s.waiters else (0, s.last_mono),
+    )  # fmt: skip
     chosen, freed = [], 0
     for session in candidates:
         if freed >= bytes_needed:

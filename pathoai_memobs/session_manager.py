@@ -150,7 +150,7 @@ class SessionManager(SpillingSessions):
         Raises SessionNotFoundError for an unknown or expired id, and SessionMemoryLimitError
         (leaving the session as it was) when the new total would exceed the limit.
         """
-        self._restore(session_id)  # a spilled session comes back whole first
+        self.restore(session_id)  # a spilled session comes back whole first
         measured = {key: measure(value) for key, value in data.items()}  # outside the lock
         expired = None
         with self._lock:
@@ -171,7 +171,7 @@ class SessionManager(SpillingSessions):
     def get_session(self, session_id: str) -> SessionData | None:
         """The session (refreshing its last access), or None if unknown or expired. A
         spilled session is read back first (SpillCorruptError where it cannot be)."""
-        self._restore(session_id)
+        self.restore(session_id)
         expired = None
         with self._lock:
             session = self._sessions.get(session_id)
@@ -211,10 +211,13 @@ class SessionManager(SpillingSessions):
     # -- beyond the reference ---------------------------------------------------------------
 
     @contextmanager
-    def use(self, session_id: str, *, restore: bool = True) -> Iterator[SessionData]:
+    def use(
+        self, session_id: str, *, restore: bool = True, waiting: bool = False
+    ) -> Iterator[SessionData]:
         """Pin the session while a request works on it: no cleanup or eviction removes it.
         A spilled session is read back on entry, unless ``restore`` is False (an async
-        caller then awaits ``restore_async``, as the ASGI middleware does)."""
+        caller then awaits ``restore_async``). ``waiting``: the request only waits for
+        memory: the session is kept, but may be spilled meanwhile (and is not restored)."""
         expired = None
         with self._lock:
             session = self._sessions.get(session_id)
@@ -229,16 +232,22 @@ class SessionManager(SpillingSessions):
         with self._lock:
             if self._sessions.get(session_id) is not session:  # removed in between
                 raise SessionNotFoundError()
-            session.pins += 1
+            if waiting:
+                session.waiters += 1
+            else:
+                session.pins += 1
             self._touch(session, now)
             view = self._view(session)
         try:
-            if restore and session.spilled:  # pinned now: read back before the request sees it
-                self._restore(session_id)
+            if restore and not waiting and session.spilled:  # pinned: back before it is seen
+                self.restore(session_id)
             yield view
         finally:
             with self._lock:
-                session.pins -= 1
+                if waiting:
+                    session.waiters -= 1
+                else:
+                    session.pins -= 1
                 self._touch(session, self._clock())
 
     def on_remove(self, callback: RemovalHook) -> None:
@@ -333,7 +342,8 @@ class SessionManager(SpillingSessions):
         self._restoring, self._spilling = threading.Lock(), threading.Lock()
 
     def _expired(self, session: SessionRecord, now: float) -> bool:
-        return session.pins == 0 and now - session.last_mono > self.timeout_s
+        idle = session.pins == 0 and session.waiters == 0
+        return idle and now - session.last_mono > self.timeout_s
 
     def _touch(self, session: SessionRecord, now: float) -> None:
         session.last_mono = now
@@ -345,7 +355,7 @@ class SessionManager(SpillingSessions):
             sid,
             session.created_at,
             session.last_access,
-            LiveData(session.data, lambda: self._restore(sid), Spilled),
+            LiveData(session.data, lambda: self.restore(sid), Spilled),
             session.host,
             session.device,
             session.fp,

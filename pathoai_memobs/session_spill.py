@@ -13,7 +13,6 @@ import collections
 import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 from .durations import Durations
@@ -58,12 +57,16 @@ class SpillingSessions:
     def _detach(self, session: SessionRecord, reason: str) -> Removed:
         raise NotImplementedError
 
-    def spill_idle(self, bytes_needed: int, *, min_idle_s: float | None = None) -> int:
+    def spill_idle(
+        self, bytes_needed: int, *, min_idle_s: float | None = None, keep: str | None = None,
+        waiting: bool = False,
+    ) -> int:  # fmt: skip
         """Write the large buffers of unpinned sessions idle ``min_idle_s`` or more (default
-        ``spill_idle_s``), least recently used first, to the spill store until ``bytes_needed``
-        are freed; the host bytes freed. 0 while spilling is off; a refusal is counted by
-        cause (once while it lasts, see ``_refused``) and ends the round (the caller goes on
-        to evict). I/O runs outside the lock."""
+        ``spill_idle_s``), in ``eviction_order`` (``waiting``: those requests wait for too;
+        never ``keep``), to the spill store until
+        ``bytes_needed`` are freed; the host bytes freed. 0 while spilling is off; a refusal
+        is counted by cause (once while it lasts, see ``_refused``) and ends the round (the
+        caller goes on to evict). I/O runs outside the lock."""
         store = self.spill_store
         if store is None or bytes_needed <= 0:
             return 0
@@ -71,13 +74,16 @@ class SpillingSessions:
         # writes) waits for it, then plans what is still in memory, instead of writing the
         # same sessions again and finding them taken.
         with self._spilling:
-            return self._spill_round(store, bytes_needed, min_idle_s)
+            return self._spill_round(store, bytes_needed, min_idle_s, keep, waiting)
 
-    def _spill_round(self, store: SpillStore, bytes_needed: int, min_idle_s: float | None) -> int:
+    def _spill_round(
+        self, store: SpillStore, bytes_needed: int, min_idle_s: float | None, keep: str | None,
+        waiting: bool,
+    ) -> int:  # fmt: skip
         idle = self.spill_idle_s if min_idle_s is None else min_idle_s
         with self._lock:
             chosen = eviction_order(self._sessions.values(), bytes_needed, now=self._clock(),
-                                    min_idle_s=idle)  # fmt: skip
+                                    min_idle_s=idle, waiting=waiting, keep=keep)  # fmt: skip
             plans = [(s, s.version, self._plan(s)) for s in chosen]
         freed = 0
         for session, version, plan in plans:
@@ -184,28 +190,39 @@ class SpillingSessions:
         session.spilled.update(marks)
         return before - host
 
-    def _restore(self, session_id: str) -> None:
+    def restore(self, session_id: str, booked: int = 0) -> None:
         """Bring a spilled session back, whole, once admitted for its bytes (see
-        ``restore_gate``); the reading runs outside the manager's lock."""
+        ``restore_gate``; not again where a reservation ``booked`` them already); the
+        reading runs outside the manager's lock."""
         found = self._to_restore(session_id)
         if found is not None:
             session, need = found
             gate = self.restore_gate
-            with gate.hold(need, self.restore_wait_s) if gate is not None else nullcontext():
+            if gate is None or need <= booked:
+                self._read_in(session_id, session)
+                return
+            with gate.hold(need, self.restore_wait_s):
                 self._read_in(session_id, session)
 
-    async def restore_async(self, session_id: str) -> None:
-        """``_restore`` for an event loop: the admission waits without blocking it and the
+    async def restore_async(self, session_id: str, booked: int = 0) -> None:
+        """``restore`` for an event loop: the admission waits without blocking it and the
         files are read in a worker thread (disk I/O never stalls the loop). Nothing to do
         for a session that is not spilled; an async handler awaits this before it reads a
-        session that may be (the admission middleware does it for ``session=``)."""
+        session that may be (``MemoryMonitor.reserve_async(session=)`` does it)."""
         found = self._to_restore(session_id)
         if found is not None:
             session, need = found
             gate = self.restore_gate
-            hold = gate.hold_async(need, self.restore_wait_s) if gate is not None else nullcontext()
-            async with hold:
+            if gate is None or need <= booked:
                 await asyncio.to_thread(self._read_in, session_id, session)
+                return
+            async with gate.hold_async(need, self.restore_wait_s):
+                await asyncio.to_thread(self._read_in, session_id, session)
+
+    def spilled_bytes(self, session_id: str) -> int:
+        """Bytes a restore of the session would bring back (0: in memory, or gone)."""
+        found = self._to_restore(session_id)
+        return 0 if found is None else found[1]
 
     def _to_restore(self, session_id: str) -> tuple[SessionRecord, int] | None:
         """The session if it has buffers on disk, and their bytes (what a restore needs)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from pathoai_memobs.integrations.asgi import MemoryAdmissionMiddleware
 from pathoai_memobs.spill_plan import Spilled
 from pathoai_memobs.spill_store import SpillStore
 
-from .scripted import Scripted
+from .scripted import Scripted, wait_for
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -159,3 +160,50 @@ def test_a_damaged_spill_file_answers_404_session_lost_and_runs_the_hooks(
         assert sid not in lost.text
         assert client.post(f"/analyze/{sid}").json()["error"] == "session_not_found"
     assert reasons == ["spill_corrupt"] and len(sessions) == 0
+
+
+def test_a_request_waiting_in_line_lets_its_session_be_spilled_and_books_its_restore(
+    tmp_path: Path,
+) -> None:
+    """With nothing in flight to release memory, the first in line may spill the session
+    of a request that only waits behind it (kept, never evicted); that request, once
+    admitted, gets it back inside its own reservation, not by queueing again. Without this,
+    requests waiting on resident sessions hold the memory the first in line needs until
+    every wait runs out (what gunicorn's workers did, each with its own line)."""
+    m, sessions, _, now = setting(tmp_path, 1500 * MIB)
+    a, b = sessions.create_session(), sessions.create_session()
+    sessions.update_session(a, slide=np.full(300 * MIB, 7, np.uint8))
+    sessions.update_session(b, slide=np.full(300 * MIB, 8, np.uint8))
+    removed: list[str] = []
+    sessions.on_remove(lambda _sid, _data, reason: removed.append(reason))
+    seen: dict[str, object] = {}
+    head_in, head_go = threading.Event(), threading.Event()
+
+    def head() -> None:  # 900 MiB available: 600 more goes under the floor
+        with m.reserve(600, wait_s=5, session=a):
+            seen["head spilled"] = sessions.spilled_sessions
+            head_in.set()
+            head_go.wait(5)
+
+    def behind() -> None:
+        with m.reserve(600, wait_s=5, session=b):
+            data = sessions.get_session(b)
+            assert data is not None
+            seen["behind"] = (int(data.data["slide"][-1]), m.reserved_bytes)
+
+    threads = [threading.Thread(target=head), threading.Thread(target=behind)]
+    threads[0].start()
+    wait_for(lambda: m.admission.queue_length == 1)
+    threads[1].start()
+    wait_for(lambda: m.admission.queue_length == 2)
+    time.sleep(0.3)
+    assert not head_in.is_set() and sessions.spilled_sessions == 0  # nothing idle yet
+    now[0] += 5  # both sessions idle a while (on the session clock): b's may go now
+    assert head_in.wait(5), "the first in line could not free the waiting one's session"
+    assert seen["head spilled"] == 1 and removed == []  # b's, kept on disk
+    head_go.set()
+    threads[0].join(10)
+    now[0] += 5  # a is idle now: b's request spills it to bring b back
+    threads[1].join(10)
+    assert seen["behind"] == (8, 600 * MIB)  # back in its hold, the restore's bytes given back
+    assert m.reserved_bytes == 0 and removed == [] and len(sessions) == 2

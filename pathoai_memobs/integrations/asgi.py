@@ -14,7 +14,7 @@ from ..exceptions import (
     SpillCorruptError,
 )
 from ..gpu_errors import CAUGHT, is_cuda_oom
-from .routes import AdmissionMiddlewareBase, Answer, error_answer, need_of, refusal
+from .routes import AdmissionMiddlewareBase, Answer, error_answer, need_of
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -41,25 +41,18 @@ class MemoryAdmissionMiddleware(AdmissionMiddlewareBase[ASGIApp]):
             await self.app(scope, receive, send)
             return
         need = need_of(size, scope)
-        pin, new_work, sid = self.pin(scope, restore=False)
-        async with AsyncExitStack() as held:  # the pin, then the reservation, until sent
-            try:
-                held.enter_context(pin)
-                if sid is not None and self.monitor.sessions is not None:  # spilled: back
-                    await self.monitor.sessions.restore_async(sid)  # admitted, off the loop
-            except (SessionNotFoundError, InsufficientMemoryError, SpillCorruptError) as exc:
-                answer = error_answer(exc)  # gone, or no room to bring it back yet
-                assert answer is not None
-                await _answer(send, answer)
-                return
-            reservation = self.monitor.reserve_async(
-                need.mb, wait_s=self.wait_s, new_work=new_work, gpu_mb=need.gpu_mb,
-                device=need.device,
-            )  # fmt: skip
+        new_work, sid = self.session(scope)
+        reservation = self.monitor.reserve_async(
+            need.mb, wait_s=self.wait_s, new_work=new_work, gpu_mb=need.gpu_mb,
+            device=need.device, session=sid,
+        )  # fmt: skip
+        async with AsyncExitStack() as held:  # the reservation (and the pin) until sent
             try:
                 await held.enter_async_context(reservation)
-            except InsufficientMemoryError as exc:
-                await _answer(send, refusal(exc))
+            except (SessionNotFoundError, InsufficientMemoryError, SpillCorruptError) as exc:
+                answer = error_answer(exc)  # gone, short of memory, or not read back intact
+                assert answer is not None
+                await _answer(send, answer)
                 return
             await self.app(scope, receive, send)
 

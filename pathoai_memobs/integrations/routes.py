@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -125,8 +124,9 @@ class AdmissionMiddlewareBase(Generic[AppT]):
     """What both admission middlewares (ASGI and WSGI) take: the app they wrap, the
     monitor, the route table (checked for routes that never fit), the wait in line, and
     ``session``: the session a request works on (from its scope or environ; None for
-    none), pinned from its arrival, so freeing idle memory for others never removes the
-    session of a request still waiting in line."""
+    none), kept from its arrival, so freeing idle memory for others never removes the
+    session of a request still waiting in line (it may spill it: it comes back once the
+    request is admitted)."""
 
     def __init__(
         self,
@@ -149,18 +149,14 @@ class AdmissionMiddlewareBase(Generic[AppT]):
             largest = to_bytes_mb(self.routes.largest_fixed_mb(), "the largest route")
             monitor.gate.budget.keep_room_for(largest)
 
-    def pin(
-        self, request: Any, *, restore: bool = True
-    ) -> tuple[AbstractContextManager[object], bool, str | None]:
-        """Pin the request's session for as long as it waits and runs (nothing when there
-        is none; entering raises SessionNotFoundError when it is gone, and brings a spilled
-        session back unless ``restore`` is False), whether the request is new work (for no
-        session, where the app says which it works on), and the session's id."""
+    def session(self, request: Any) -> tuple[bool, str | None]:
+        """Whether the request is new work (for no session, where the app says which it
+        works on), and the session it works on (None for none): kept while the request
+        waits, pinned and in memory once admitted (``MemoryMonitor.reserve(session=)``)."""
         sid = self.session_of(request) if self.session_of is not None else None
-        sessions = self.monitor.sessions
-        if not sid or sessions is None:
-            return nullcontext(), self.session_of is not None, None
-        return sessions.use(sid, restore=restore), False, sid
+        if not sid or self.monitor.sessions is None:
+            return self.session_of is not None, None
+        return False, sid
 
 
 def report_routes_that_never_fit(table: RouteTable, monitor: MemoryMonitor) -> list[str]:

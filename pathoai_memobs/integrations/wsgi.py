@@ -15,7 +15,7 @@ from ..exceptions import (
     SpillCorruptError,
 )
 from ..gpu_errors import CAUGHT, is_cuda_oom
-from .routes import REASONS, AdmissionMiddlewareBase, Answer, error_answer, need_of, refusal
+from .routes import REASONS, AdmissionMiddlewareBase, Answer, error_answer, need_of
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -55,23 +55,19 @@ class MemoryAdmissionMiddleware(AdmissionMiddlewareBase[WSGIApp]):
         if size is None:
             return self.app(environ, start_response)
         need = need_of(size, environ)
-        pin, new_work, _ = self.pin(environ)
-        held = ExitStack()  # the pin, then the reservation, until the server closes the body
-        try:
-            held.enter_context(pin)  # a spilled session comes back here, admitted
-        except (SessionNotFoundError, InsufficientMemoryError, SpillCorruptError) as exc:
-            answer = error_answer(exc)  # gone, or no room to bring it back yet
-            assert answer is not None
-            return _answer(start_response, answer)
+        new_work, sid = self.session(environ)
+        held = ExitStack()  # the reservation (and the pin) until the server closes the body
         try:
             reservation = self.monitor.reserve(
                 need.mb, wait_s=self.wait_s, new_work=new_work, gpu_mb=need.gpu_mb,
-                device=need.device,
+                device=need.device, session=sid,
             )  # fmt: skip
-            held.enter_context(reservation)
-        except InsufficientMemoryError as exc:
+            held.enter_context(reservation)  # a spilled session comes back here, admitted
+        except (SessionNotFoundError, InsufficientMemoryError, SpillCorruptError) as exc:
             held.close()
-            return _answer(start_response, refusal(exc))
+            answer = error_answer(exc)  # gone, short of memory, or not read back intact
+            assert answer is not None
+            return _answer(start_response, answer)
         try:
             result = self.app(environ, start_response)
         except BaseException:

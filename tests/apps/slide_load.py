@@ -5,7 +5,10 @@ Retry-After. ``run_load`` returns what the clients got; ``make bench`` and the s
 in ``make test`` both call it.
 
 Each client keeps one keep-alive connection, so under gunicorn its requests stay with the
-worker that holds its session (as a sticky load balancer would keep them).
+worker that holds its session, and the clients are spread evenly over the workers (as a
+sticky load balancer would place them: gunicorn's workers race for each connection, and
+one often takes them all). A connection found on a worker that has its share already is
+closed and opened again (``Balancer``).
 """
 
 from __future__ import annotations
@@ -65,17 +68,52 @@ def free_port() -> int:
         return port
 
 
+class Balancer:
+    """Where the clients' connections landed (worker pid -> how many), so each worker gets
+    ``share`` of them; ``None`` share: one process, nothing to balance."""
+
+    def __init__(self, share: int | None) -> None:
+        self.share = share
+        self.lock = threading.Lock()
+        self.count: dict[int, int] = {}
+        self.tries = 0
+
+    def connect(self, port: int) -> http.client.HTTPConnection:
+        """A keep-alive connection on a worker with room (after up to 200 tries, any)."""
+        for _ in range(200):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            if self.share is None:
+                return conn
+            try:
+                conn.request("GET", "/worker")
+                response = conn.getresponse()
+                pid = int(response.read())
+            except (OSError, http.client.HTTPException, ValueError):
+                conn.close()
+                time.sleep(0.1)
+                continue
+            with self.lock:
+                self.tries += 1
+                if self.count.get(pid, 0) < self.share:
+                    self.count[pid] = self.count.get(pid, 0) + 1
+                    return conn
+            conn.close()
+            time.sleep(0.01)
+        return http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+
 class Client:
     """One user: a keep-alive connection, a loop of upload, analyse, read, pause."""
 
     def __init__(
         self, port: int, tally: Tally, rng: random.Random, abandon: float, *, burst: bool,
-        slide_mb: tuple[int, int] = (150, 300),
+        slide_mb: tuple[int, int] = (150, 300), balancer: Balancer | None = None,
     ) -> None:  # fmt: skip
         self.port, self.tally, self.rng, self.abandon = port, tally, rng, abandon
         self.slide_mb = slide_mb
         self.burst = burst  # uploads only, every session abandoned: the gunicorn burst
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.balancer = balancer or Balancer(None)
+        self.conn = self.balancer.connect(port)
 
     def call(self, method: str, route: str, query: str, deadline: float) -> tuple[int, Any]:
         """One request, retried after each 503 as its Retry-After says, until the deadline."""
@@ -87,7 +125,7 @@ class Client:
                 body = response.read()
             except (OSError, http.client.HTTPException):
                 self.tally.note("broken")
-                self.conn.close()
+                self.conn.close()  # a worker died: its replacement takes the client
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
                 if time.monotonic() > deadline:
                     return 0, None
@@ -204,21 +242,12 @@ def run_load(
         try:
             _wait_ready(port, proc)
             tally = Tally()
+            balancer = Balancer(-(-clients // workers) if workers else None)
+            users = [Client(port, tally, random.Random(seed * 1000 + i), abandon, burst=burst,
+                            slide_mb=slide_mb, balancer=balancer)
+                     for i in range(clients)]  # fmt: skip
             deadline = time.monotonic() + seconds
-            threads = [
-                threading.Thread(
-                    target=Client(
-                        port,
-                        tally,
-                        random.Random(seed * 1000 + i),
-                        abandon,
-                        burst=burst,
-                        slide_mb=slide_mb,
-                    ).run,
-                    args=(deadline,),
-                )
-                for i in range(clients)
-            ]
+            threads = [threading.Thread(target=u.run, args=(deadline,)) for u in users]
             for t in threads:
                 t.start()
             for t in threads:
@@ -237,7 +266,9 @@ def run_load(
             group.remove()
             if spill_dir is not None:
                 shutil.rmtree(spill_dir, ignore_errors=True)
-    return summarize(mode, workers, seconds, tally, oom=oom, alive=alive, err=err)
+    report = summarize(mode, workers, seconds, tally, oom=oom, alive=alive, err=err)
+    report["clients_per_worker"] = sorted(balancer.count.values())
+    return report
 
 
 def summarize(

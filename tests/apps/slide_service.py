@@ -11,7 +11,9 @@
 
 Routes: POST /upload?mb=N stores an N MiB slide in a new session; POST /analyze?session=S
 holds a working buffer of twice the slide for ``SLIDE_WORK_S`` and stores a result of a
-quarter of it; GET /result?session=S reads it; DELETE /session?session=S ends it. A 300 MiB
+quarter of it; GET /result?session=S reads it; DELETE /session?session=S ends it; GET
+/worker names the
+worker process. A 300 MiB
 model cache is loaded at start and again by the next analysis after a cleanup drops it.
 Run it as ``uvicorn tests.apps.slide_service:app`` or under gunicorn's uvicorn worker;
 ``SLIDE_METRICS_PORT`` serves the library's /metrics there (one process);
@@ -258,6 +260,11 @@ class SlideService:
         self.lib["sessions"].stop_sweeper()
 
 
+async def _worker(request: Request) -> Response:
+    """Which worker serves this connection (the load test spreads its clients by it)."""
+    return Response(str(os.getpid()))
+
+
 async def _gone(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": "session not found"}, status_code=404)
 
@@ -270,6 +277,7 @@ def build(mode: str = MODE) -> Starlette:
         Route("/analyze", service.analyze, methods=["POST"]),
         Route("/result", service.result, methods=["GET"]),
         Route("/session", service.end, methods=["DELETE"]),
+        Route("/worker", _worker, methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=service.lifespan, exception_handlers={GoneError: _gone})
     app.state.service = service
