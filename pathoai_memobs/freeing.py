@@ -127,13 +127,7 @@ class Freeing:
         left: the bytes freed, inline. One mapped read when nobody wants anything."""
         sessions = self._sessions()
         ledger = self._admission.ledger
-        if sessions is None or not self._budget_active() or not ledger.shared:
-            return 0
-        if self._watching != os.getpid():  # first call in this process (a fork has none)
-            self._watching = os.getpid()
-            threading.Thread(target=_watch, args=(weakref.ref(self),), daemon=True,
-                             name="pathoai-peers").start()  # fmt: skip
-        if not ledger.wanted(time.monotonic()):
+        if sessions is None or not self.watch() or not ledger.wanted(time.monotonic()):
             return 0
 
         def job() -> int:
@@ -149,6 +143,18 @@ class Freeing:
             return freed
 
         return self.run(job, inline=inline)
+
+    def watch(self) -> bool:
+        """Start this process's thread that serves the other workers' wants, where workers
+        share a ledger and the session budget is on (once per process: a fork has none);
+        whether it runs."""
+        if not (self._admission.ledger.shared and self._budget_active()):
+            return False
+        if self._watching != os.getpid():
+            self._watching = os.getpid()
+            threading.Thread(target=_watch, args=(weakref.ref(self),), daemon=True,
+                             name="pathoai-peers").start()  # fmt: skip
+        return True
 
     def _want(self, nbytes: int, since: float) -> None:
         if self._budget_active():

@@ -124,6 +124,7 @@ class AdmissionGate:
         of ``session`` on disk at that look (never spilled by this request's own freeing).
         Sync and async callers differ only in the wait."""
         self._admission.count_request()
+        self.freeing.watch()  # the other workers' wants are served from here on
         since = time.monotonic()  # system-wide: the workers' wants are ordered by it
         inline = not hold or wait_s <= 0  # a request that cannot wait has it freed now
         look = self._look(required, hold, 0, new_work, gpu, session, since, inline)

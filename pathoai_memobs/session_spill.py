@@ -21,7 +21,7 @@ from .logging import SPILL_REFUSED, WARNING, emit
 from .session_accounting import SessionRecord, apply, device_order, eviction_order, recount
 from .sizeof import measure
 from .spill_plan import Group, Spilled, read_back, spill_plan, spilled_files, write
-from .spill_store import SpillStore
+from .spill_store import SpillCancelledError, SpillStore
 
 if TYPE_CHECKING:
     from .gate import AdmissionGate
@@ -153,10 +153,24 @@ class SpillingSessions:
         for _ in range(2):
             if not plan:
                 return 0
+
+            def stale(version: int = version) -> bool:  # pinned, changed or gone: stop now
+                gone = self._sessions.get(session.sid) is not session
+                return gone or session.pins > 0 or session.version != version
+
             started = time.monotonic()
-            marks = write(store, plan)
-            self.spill_durations.record("spill", time.monotonic() - started)
+            try:
+                marks = write(store, plan, stale)
+            except SpillCancelledError:
+                marks = None
+            else:
+                self.spill_durations.record("spill", time.monotonic() - started)
             with self._lock:
+                if marks is None:  # given up: planned again below where it may still go
+                    if self._sessions.get(session.sid) is not session or session.pins:
+                        return 0
+                    version, plan = session.version, self._plan(session, device)
+                    continue
                 committed = self._commit_spill(session, version, marks)
                 if committed is not None:
                     return committed

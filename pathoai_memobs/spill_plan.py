@@ -11,12 +11,12 @@ the small object it is, so the session's bytes fall by what went to disk.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from .exceptions import SpillRefusedError
 from .session_accounting import BufferRef
-from .spill_store import SpillRef, SpillStore
+from .spill_store import SpillCancelledError, SpillRef, SpillStore
 
 
 class View(NamedTuple):
@@ -185,19 +185,22 @@ def _ident(root: Any) -> int:
     return id(root) if isinstance(root, (bytes, bytearray)) else id(root) ^ 1
 
 
-def write(store: SpillStore, plan: list[Group]) -> dict[str, Spilled]:
-    """Write ``plan``; each key's placeholder. Where one write is refused, what was written
-    is discarded and the refusal raised: a session goes to disk whole or not at all."""
+def write(
+    store: SpillStore, plan: list[Group], stale: Callable[[], bool] | None = None
+) -> dict[str, Spilled]:
+    """Write ``plan``; each key's placeholder. Where one write is refused (or given up as
+    ``stale``), what was written is discarded and the error raised: a session goes to disk
+    whole or not at all."""
     done: list[SpillRef] = []
     marks: dict[str, Spilled] = {}
     try:
         for root, values in plan:
-            ref = store.spill(root)
+            ref = store.spill(root, stale)
             done.append(ref)
             for slot, (_, view, wrap, keys) in enumerate(values):
                 mark = Spilled(ref, view, slot, wrap)
                 marks.update(dict.fromkeys(keys, mark))
-    except SpillRefusedError:
+    except (SpillRefusedError, SpillCancelledError):
         for ref in done:
             store.discard(ref)
         raise

@@ -25,6 +25,7 @@ import secrets
 import struct
 import threading
 import zlib
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final
@@ -74,6 +75,11 @@ def _aead() -> Any:
     except ImportError:
         return None
     return AESGCM
+
+
+class SpillCancelledError(Exception):
+    """A write given up midway because the caller no longer wants it (``spill(stale=)``):
+    nothing is left behind; not a refusal."""
 
 
 class SpillStore:
@@ -155,9 +161,11 @@ class SpillStore:
         if cause is not None:
             raise SpillRefusedError(cause)
 
-    def spill(self, value: Any) -> SpillRef:
+    def spill(self, value: Any, stale: Callable[[], bool] | None = None) -> SpillRef:
         """Write ``value`` (a C-contiguous ndarray, bytes or bytearray) to disk; its ref.
-        On any refusal or I/O error nothing is left behind and the caller keeps the value."""
+        On any refusal or I/O error nothing is left behind and the caller keeps the value;
+        likewise, SpillCancelledError as soon as ``stale()`` says it is no longer wanted
+        (checked at each 4 MiB chunk)."""
         view, ref = _describe(value)
         self.check(ref.nbytes)
         name = secrets.token_hex(16)
@@ -165,15 +173,17 @@ class SpillStore:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
-                self._write(fd, view, ref)
+                self._write(fd, view, ref, stale)
                 os.fdatasync(fd)
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # cached pages are charged
             finally:
                 os.close(fd)
             os.rename(tmp, final)
-        except OSError as exc:
+        except (OSError, SpillCancelledError) as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            if isinstance(exc, SpillCancelledError):
+                raise
             raise SpillRefusedError("io_error", exc.strerror or str(exc)) from None
         with self._lock:
             self._live[name] = ref.nbytes
@@ -271,7 +281,9 @@ class SpillStore:
         except Exception:  # cryptography's InvalidTag: altered, truncated or another key
             raise SpillCorruptError(f"chunk {index} failed authentication") from None
 
-    def _write(self, fd: int, view: memoryview, ref: SpillRef) -> None:
+    def _write(
+        self, fd: int, view: memoryview, ref: SpillRef, stale: Callable[[], bool] | None
+    ) -> None:
         """Write the header, then each chunk sealed (or with its CRC-32); chunk i is written
         by the I/O thread (without the GIL) while chunk i+1 is sealed here."""
         nonce = secrets.token_bytes(8)
@@ -282,6 +294,8 @@ class SpillStore:
         writing: Future[None] | None = None
         try:
             for index, start in enumerate(range(0, ref.nbytes, CHUNK_BYTES)):
+                if stale is not None and stale():
+                    raise SpillCancelledError()
                 chunk = view[start : start + CHUNK_BYTES]
                 if self._cipher is None:  # no copy: the chunk as it is, then its CRC
                     CRC.pack_into(crcs[index % 2], 0, zlib.crc32(chunk))

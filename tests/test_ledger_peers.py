@@ -4,6 +4,7 @@ what is left, and the first is admitted. Two real processes over one ledger file
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import time
 from pathlib import Path
@@ -34,6 +35,22 @@ def test_a_want_is_the_largest_current_one_and_expires(tmp_path: Path) -> None:
     local = LocalLedger()
     local.want(100, 0.0, 1.0)
     assert local.wanted(0.5) == 0  # one process: nobody else holds sessions
+
+
+def test_a_want_carries_since_when_its_oldest_request_waits(tmp_path: Path) -> None:
+    """The order across workers: a worker spills sessions its own requests wait for only
+    for a want older than all of them (Freeing.for_peers)."""
+    ledger = SharedLedger(str(tmp_path))
+    with ledger.transaction():
+        assert ledger.wanted_since(0.0) == math.inf  # nothing asked
+        ledger.want(100, now=10.0, ttl_s=1.0, since=9.0)
+        ledger.want(50, now=10.1, ttl_s=1.0, since=9.5)  # a younger request: 9.0 stands
+        assert ledger.wanted_since(10.5) == 9.0
+        ledger.want(50, now=10.2, ttl_s=1.0)  # new work: waits behind every session request
+        assert ledger.wanted_since(10.5) == 9.0 and ledger.wanted_since(11.3) == math.inf
+        ledger.want(10, now=12.0, ttl_s=1.0)  # after expiry, new work alone: never older
+        assert ledger.wanted(12.5) == 10 and ledger.wanted_since(12.5) == math.inf
+    assert LocalLedger().wanted_since(0.0) == math.inf
 
 
 class Container:

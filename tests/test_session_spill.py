@@ -248,8 +248,8 @@ def test_a_session_updated_while_it_is_written_is_written_again(tmp_path: Path) 
     updates: list[str] = []
 
     class Racing(SpillStore):
-        def spill(self, value: Any) -> Any:
-            ref = super().spill(value)
+        def spill(self, value: Any, stale: Any = None) -> Any:
+            ref = super().spill(value, stale)
             if not updates:  # a request updates the session while its buffer is on its way
                 updates.append("result")
                 sessions.update_session(sid, result=b"r")
@@ -264,6 +264,33 @@ def test_a_session_updated_while_it_is_written_is_written_again(tmp_path: Path) 
     assert store.spilled_bytes == 8 * MIB  # the first write discarded, the second kept
     data = sessions.get_session(sid)
     assert data is not None and data.data["result"] == b"r" and data.data["slide"].sum() == 8 * MIB
+
+
+def test_a_spill_is_given_up_at_once_when_its_session_goes_midway(tmp_path: Path) -> None:
+    """A session deleted (or pinned) while its buffer is written: the write stops at the
+    next 4 MiB chunk, nothing stays on disk, and it is not counted as a refusal."""
+    now = [100.0]
+    looks: list[int] = []
+
+    class Watching(SpillStore):
+        def spill(self, value: Any, stale: Any = None) -> Any:
+            def watched() -> bool:
+                looks.append(1)
+                if len(looks) == 2:  # the client ends its session two chunks in
+                    sessions.delete_session(sid)
+                return bool(stale())
+
+            return super().spill(value, watched)
+
+    store = Watching(str(tmp_path), max_bytes=GIB)
+    sessions = SessionManager(max_memory_gb=1, clock=lambda: now[0], spill=store, spill_idle_s=1)
+    sid = sessions.create_session()
+    sessions.update_session(sid, slide=np.ones(64 * MIB, np.uint8))  # 16 chunks
+    now[0] += 2
+    assert sessions.spill_idle(1) == 0 and len(looks) == 2  # not the other 14 chunks
+    assert store.drain() and store.spilled_bytes == 0 and store.disk_bytes == 0
+    assert [p.name for p in Path(store.own).iterdir()] == [".owner.lock"]  # no file, no .tmp
+    assert sum(sessions.spill_refusals.values()) == 0
 
 
 class _Storage:
@@ -319,3 +346,25 @@ def test_a_cpu_tensor_is_spilled_once_and_comes_back_a_tensor(
     assert got is not None and isinstance(got.data["weights"], Tensor)
     assert got.data["weights"] is got.data["same"]
     assert np.array_equal(got.data["weights"].numpy(), np.arange(2 * MIB, dtype=np.float32))
+
+
+def test_the_order_spills_idle_sessions_first_then_waiting_ones_latest_first() -> None:
+    """eviction_order, pure: idle sessions least recently used first; with waiting=True
+    (to spill only) also those requests wait for, after every idle one, the latest to
+    arrive first; never the freeing request's own (keep), a pinned one, or one on disk."""
+    from pathoai_memobs.session_accounting import SessionRecord, eviction_order
+
+    def record(sid: str, last: float, *, waiters: int = 0, pins: int = 0) -> SessionRecord:
+        r = SessionRecord(sid, sid, last, last)
+        r.host, r.waiters, r.pins = 100, waiters, pins
+        return r
+
+    sessions = [record("idle-new", 8.0), record("idle-old", 2.0),
+                record("wait-early", 5.0, waiters=1), record("wait-late", 7.0, waiters=1),
+                record("mine", 1.0, waiters=1), record("pinned", 0.0, pins=1)]  # fmt: skip
+    order = eviction_order(sessions, 10_000, now=10.0, waiting=True, keep="mine")
+    assert [s.sid for s in order] == ["idle-old", "idle-new", "wait-late", "wait-early"]
+    evict = eviction_order(sessions, 10_000, now=10.0)  # removal: never a waited-for one
+    assert [s.sid for s in evict] == ["idle-old", "idle-new"]
+    assert [s.sid for s in eviction_order(sessions, 150, now=10.0)] == ["idle-old", "idle-new"]
+    assert eviction_order(sessions, 10_000, now=10.0, min_idle_s=5.0) == [sessions[1]]
