@@ -261,16 +261,19 @@ class AdmissionGate:
         return admitted, reading, reserved, need
 
     def _within_budget(self, required: int, reading: Reading, inline: bool) -> bool:
-        """Whether new work of ``required`` bytes fits the session budget, after freeing
-        idle sessions to make it fit (``Freeing.for_budget``; ``inline``: now)."""
+        """Whether new work of ``required`` bytes fits the session budget, counting what is
+        reserved in flight (it may become sessions), after freeing idle sessions to make it
+        fit (``Freeing.for_budget``; ``inline``: now): only what it would lack once those
+        requests end, so the write overlaps them instead of emptying memory of sessions."""
         sessions = self._sessions()
         if sessions is None or not self.budget.active:
             return True
         held, reserved, budget = self._budget(sessions, reading)
-        need = over_budget(held + reserved, required, budget)  # in flight may become sessions
+        need = over_budget(held + reserved, required, budget)
         if need == 0:
             return True
-        freed = self.freeing.for_budget(need, inline=inline)
+        after = over_budget(held, required, budget)  # once the requests in flight end
+        freed = self.freeing.for_budget(after, inline=inline) if after else 0
         return over_budget(held - freed + reserved, required, budget) == 0
 
     def serve_peers(self) -> int:
