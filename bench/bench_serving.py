@@ -152,6 +152,9 @@ def run() -> tuple[list[Row], str]:
         "webhook. Under gunicorn the model cache is 100 MiB per "
         "worker. Each client keeps one keep-alive connection, so its requests stay with one "
         "worker, and the clients are spread evenly over the workers (as a sticky balancer "
-        "would place them)."
+        "would place them). The workaround's sizes were found with one worker; with the "
+        "clients spread over four workers it is OOM-killed (the OOM kills row: gunicorn "
+        "restarts the worker, its clients lose their connection), so its x4 goodput is not "
+        "one that stays alive."
     )
     return rows, notes
