@@ -51,7 +51,6 @@ class Freeing:
         self._budget_active, self._errors = budget_active, errors
         self.idle_free_s = idle_free_s
         self._lock = threading.Lock()
-        self.freed_sessions = 0  # sessions evicted as idle for a request
         #: Tickets in this worker's line for a request on a session: since when they wait
         #: (system-wide monotonic clock, comparable with other workers' wants).
         self.waiting: dict[int, float] = {}
@@ -99,11 +98,9 @@ class Freeing:
                               spill_idle_s=min(self.idle_free_s, sessions.spill_idle_s,
                                                BUDGET_IDLE_S), keep=keep,
                               waiting=waiters)  # fmt: skip
-            evicted = sessions.removed_total("idle") - before
-            self.freed_sessions += evicted
             if freed < lacking:
                 self._want(lacking - freed, since if waiters else math.inf)
-            return removed + evicted + freed
+            return removed + sessions.removed_total("idle") - before + freed
 
         return self.run(job, inline=inline)
 

@@ -12,8 +12,8 @@
 New work (a request for no existing session, ``new_work``) waits aside while requests on
 existing sessions wait (finishing started work frees its memory sooner; a new session is
 more to hold), and must fit the session budget (``session_budget``), after freeing idle
-sessions. A request on a session
-(``session=``) has that session's bytes on disk booked with its own (``session_admission``).
+sessions. A request on a session (``session=``) has that session's bytes on disk booked
+with its own (``session_admission``).
 Each worker serves the other workers' wants from a thread of its own (``Freeing.for_peers``).
 """
 

@@ -16,12 +16,13 @@ must also see the others' reservations, or two admit the same bytes at once.
   per process, so threads and several monitors in one process share one open file (and its
   thread lock) and one slot, and a forked child claims a slot of its own.
 
-Sessions live in the worker that made them, so new work refused by one worker's session
-budget may be waiting for sessions another worker holds. It posts the bytes it lacks in the
+Sessions live in the worker that made them, so a request in one worker (new work over the
+session budget, or the first in its line) may wait for sessions another worker holds. It
+posts the bytes it lacks in the
 header (``want``: how many, until when on the system-wide monotonic clock, renewed at each
 look while it waits, and since when the oldest request behind it waits); each worker
 serves such a want from its own idle sessions, and from those its own requests wait for
-where the want is older than all of them (``AdmissionGate.serve_peers``: one order across
+where the want is older than all of them (``Freeing.for_peers``: one order across
 the workers, so two never spill each other's in turn), and takes what it freed off it
 (``served``).
 """

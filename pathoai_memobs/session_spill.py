@@ -63,8 +63,8 @@ class SpillingSessions:
     ) -> int:  # fmt: skip
         """Write the large buffers of unpinned sessions idle ``min_idle_s`` or more (default
         ``spill_idle_s``), in ``eviction_order`` (``waiting``: those requests wait for too;
-        never ``keep``), to the spill store until
-        ``bytes_needed`` are freed; the host bytes freed. 0 while spilling is off; a refusal
+        never ``keep``), to the spill store until ``bytes_needed`` are freed; the host bytes
+        freed. 0 while spilling is off; a refusal
         is counted by cause (once while it lasts, see ``_refused``) and ends the round (the
         caller goes on to evict). I/O runs outside the lock."""
         store = self.spill_store
@@ -166,14 +166,10 @@ class SpillingSessions:
             else:
                 self.spill_durations.record("spill", time.monotonic() - started)
             with self._lock:
-                if marks is None:  # given up: planned again below where it may still go
-                    if self._sessions.get(session.sid) is not session or session.pins:
-                        return 0
-                    version, plan = session.version, self._plan(session, device)
-                    continue
-                committed = self._commit_spill(session, version, marks)
-                if committed is not None:
-                    return committed
+                if marks is not None:  # written (None: given up midway)
+                    committed = self._commit_spill(session, version, marks)
+                    if committed is not None:
+                        return committed
                 if self._sessions.get(session.sid) is not session or session.pins:
                     return 0
                 version, plan = session.version, self._plan(session, device)
