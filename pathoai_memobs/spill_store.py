@@ -32,6 +32,7 @@ from typing import Any, Final
 
 from .exceptions import ConfigError, SpillCorruptError, SpillRefusedError
 from .readers.mounts import MEMORY_FILESYSTEMS, filesystem_of, read_mounts
+from .spill_io import pread_full, write_all, write_parts
 
 MAGIC: Final = b"PATHOSPL"
 VERSION: Final = 1
@@ -288,7 +289,7 @@ class SpillStore:
         by the I/O thread (without the GIL) while chunk i+1 is sealed here."""
         nonce = secrets.token_bytes(8)
         header = self._header(ref, nonce)
-        _write_all(fd, header)
+        write_all(fd, header)
         scratch = [memoryview(bytearray(CHUNK_BYTES + TAG_BYTES)) for _ in range(2)]
         crcs = [bytearray(CRC.size) for _ in range(2)]
         writing: Future[None] | None = None
@@ -306,7 +307,7 @@ class SpillStore:
                     parts = [out]
                 if writing is not None:
                     writing.result()  # the buffer written two chunks ago is free again
-                writing = self._io().submit(_write_parts, fd, parts)
+                writing = self._io().submit(write_parts, fd, parts)
         finally:
             if writing is not None:
                 writing.result()
@@ -336,8 +337,8 @@ class SpillStore:
             scratch buffer (sealed); what to check it with, and the bytes read."""
             place, spare = out[start : start + size], scratch[index % 2]
             if self.encrypted:
-                return spare[: size + tag], _pread_full(fd, [spare[: size + tag]], at)
-            return spare[:tag], _pread_full(fd, [place, spare[:tag]], at)
+                return spare[: size + tag], pread_full(fd, [spare[: size + tag]], at)
+            return spare[:tag], pread_full(fd, [place, spare[:tag]], at)
 
         # the next chunk is read (I/O without the GIL) while this one is checked
         ahead: Future[tuple[memoryview, int]] | None = None
@@ -356,31 +357,6 @@ class SpillStore:
         f.seek(offset)
         if f.read(1):
             raise SpillCorruptError("trailing data")
-
-
-def _pread_full(fd: int, buffers: list[memoryview], at: int) -> int:
-    """Fill ``buffers`` from file offset ``at`` as far as the file goes (a short read is
-    retried, so only the end of the file stops it); the bytes read."""
-    got = 0
-    for buffer in buffers:
-        filled = 0
-        while filled < len(buffer):
-            n = os.preadv(fd, [buffer[filled:]], at + got)
-            if n <= 0:
-                return got
-            filled, got = filled + n, got + n
-    return got
-
-
-def _write_parts(fd: int, parts: list[bytes | memoryview]) -> None:
-    for part in parts:
-        _write_all(fd, part)
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _describe(value: Any) -> tuple[memoryview, SpillRef]:
