@@ -1,9 +1,11 @@
 """SpillStore: large session buffers on local disk, encrypted, checksummed, never half-read.
 
 A spill writes a temporary file (0600, in a per-process directory 0700 under the spill
-directory, names that reveal nothing), syncs its data, renames it into place and drops its
-pages from the page cache (cached pages are charged to the container, so a spill that left
-them would free nothing); only then may the caller let go of the buffer. The data goes in
+directory, names that reveal nothing) and renames it into place; only then may the caller
+let go of the buffer. Nothing of it may stay in the page cache (cached pages are charged to
+the container, so a spill that left them would free nothing): it is written with O_DIRECT
+(``spill_io.StagedWriter``), or, on a filesystem that refuses that, synced and its pages
+dropped. The data goes in
 chunks (bounded memory however large the buffer), each sealed with AES-GCM under a key that
 exists only in this process's memory, so files a crashed process left are unreadable; with
 encryption off each chunk carries a CRC-32. A restore checks every chunk and raises
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -32,7 +35,7 @@ from typing import Any, Final
 
 from .exceptions import ConfigError, SpillCorruptError, SpillRefusedError
 from .readers.mounts import MEMORY_FILESYSTEMS, filesystem_of, read_mounts
-from .spill_io import pread_full, write_all, write_parts
+from .spill_io import DEPTH, StagedWriter, open_for_spill, pread_full
 
 MAGIC: Final = b"PATHOSPL"
 VERSION: Final = 1
@@ -110,6 +113,7 @@ class SpillStore:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = 0
         self._live: dict[str, int] = {}  # file name -> bytes, for buffers spilled and not back
+        self.direct = True  # O_DIRECT writes, until the filesystem refuses them (EINVAL)
         self.spilled_bytes = 0  # the buffers' bytes on disk now (what the session lacks)
         self.disk_bytes = 0  # those and the files still being removed: what the budget counts
         self.swept = self.sweep()
@@ -172,13 +176,15 @@ class SpillStore:
         name = secrets.token_hex(16)
         tmp, final = os.path.join(self.own, f".{name}.tmp"), os.path.join(self.own, name)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
-                self._write(fd, view, ref, stale)
-                os.fdatasync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # cached pages are charged
-            finally:
-                os.close(fd)
+                self._write_file(tmp, view, ref, stale)
+            except OSError as exc:
+                if not self.direct or exc.errno != errno.EINVAL:
+                    raise
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)  # this filesystem refuses O_DIRECT: buffered from now on
+                self.direct = False
+                self._write_file(tmp, view, ref, stale)
             os.rename(tmp, final)
         except (OSError, SpillCancelledError) as exc:
             with contextlib.suppress(OSError):
@@ -226,7 +232,7 @@ class SpillStore:
         """The thread that writes a spill's chunks and reads a restore's next chunk while
         this one is sealed or checked (made on first use, and again in a forked child)."""
         if self._pool is None or self._pool_pid != os.getpid():
-            self._pool, self._pool_pid = ThreadPoolExecutor(1, "pathoai-spill-io"), os.getpid()
+            self._pool, self._pool_pid = ThreadPoolExecutor(DEPTH, "pathoai-spill-io"), os.getpid()
         return self._pool
 
     def drain(self, timeout_s: float = 10.0) -> bool:
@@ -282,35 +288,44 @@ class SpillStore:
         except Exception:  # cryptography's InvalidTag: altered, truncated or another key
             raise SpillCorruptError(f"chunk {index} failed authentication") from None
 
-    def _write(
-        self, fd: int, view: memoryview, ref: SpillRef, stale: Callable[[], bool] | None
+    def _write_file(
+        self, path: str, view: memoryview, ref: SpillRef, stale: Callable[[], bool] | None
     ) -> None:
-        """Write the header, then each chunk sealed (or with its CRC-32); chunk i is written
-        by the I/O thread (without the GIL) while chunk i+1 is sealed here."""
+        """Write the file: the header, then each chunk sealed (or followed by its CRC-32)
+        straight into the writer's buffer, which the I/O threads write (without the GIL)
+        while the next chunk is sealed. Direct writes leave nothing in the page cache; a
+        buffered file is synced and its pages dropped (cached pages are charged)."""
         nonce = secrets.token_bytes(8)
         header = self._header(ref, nonce)
-        write_all(fd, header)
-        scratch = [memoryview(bytearray(CHUNK_BYTES + TAG_BYTES)) for _ in range(2)]
-        crcs = [bytearray(CRC.size) for _ in range(2)]
-        writing: Future[None] | None = None
+        tag = TAG_BYTES if self.encrypted else CRC.size
+        fd = open_for_spill(path, direct=self.direct)
         try:
-            for index, start in enumerate(range(0, ref.nbytes, CHUNK_BYTES)):
-                if stale is not None and stale():
-                    raise SpillCancelledError()
-                chunk = view[start : start + CHUNK_BYTES]
-                if self._cipher is None:  # no copy: the chunk as it is, then its CRC
-                    CRC.pack_into(crcs[index % 2], 0, zlib.crc32(chunk))
-                    parts: list[bytes | memoryview] = [chunk, memoryview(crcs[index % 2])]
-                else:  # sealed into a reused buffer: no allocation per chunk
-                    out = scratch[index % 2][: len(chunk) + TAG_BYTES]
-                    self._cipher.encrypt_into(nonce + struct.pack("<I", index), chunk, header, out)
-                    parts = [out]
-                if writing is not None:
-                    writing.result()  # the buffer written two chunks ago is free again
-                writing = self._io().submit(write_parts, fd, parts)
+            out = StagedWriter(fd, self._io(), CHUNK_BYTES + tag, direct=self.direct)
+            try:
+                out.space(len(header))[:] = header
+                out.commit(len(header))
+                for index, start in enumerate(range(0, ref.nbytes, CHUNK_BYTES)):
+                    if stale is not None and stale():
+                        raise SpillCancelledError()
+                    chunk = view[start : start + CHUNK_BYTES]
+                    size = len(chunk)
+                    into = out.space(size + tag)
+                    if self._cipher is None:
+                        into[:size] = chunk
+                        CRC.pack_into(into, size, zlib.crc32(chunk))
+                    else:
+                        self._cipher.encrypt_into(nonce + struct.pack("<I", index), chunk,
+                                                  header, into)  # fmt: skip
+                    into.release()
+                    out.commit(size + tag)
+                out.finish()
+            finally:
+                out.close()
+            if not self.direct:
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
-            if writing is not None:
-                writing.result()
+            os.close(fd)
 
     def _read(self, f: Any, ref: SpillRef, out: memoryview) -> None:
         """Read the file into ``out``: plain chunks straight into place, sealed ones into one

@@ -6,10 +6,14 @@ written. Real files in a temporary directory, real processes for the sweep."""
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,12 +23,19 @@ from pathoai_memobs.readers.mounts import filesystem_of, parse_mountinfo, read_m
 from pathoai_memobs.spill_store import CHUNK_BYTES, SpillStore, refusal
 
 MIB = 1 << 20
+ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(params=[True, False], ids=["encrypted", "checksummed"])
+@pytest.fixture(params=[(True, True), (False, True), (True, False)],
+                ids=["encrypted", "checksummed", "encrypted-buffered"])  # fmt: skip
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> SpillStore:
-    s = SpillStore(str(tmp_path / "spill"), max_bytes=256 * MIB, encrypt=request.param)
+    """A store on this disk; ``-buffered``: as on a filesystem that refuses O_DIRECT."""
+    encrypt, direct = request.param
+    s = SpillStore(str(tmp_path / "spill"), max_bytes=256 * MIB, encrypt=encrypt)
+    s.direct = direct
     yield s  # type: ignore[misc]
+    if direct:
+        assert s.direct, "this disk took O_DIRECT: the direct path was the one tested"
     s.close()
 
 
@@ -36,7 +47,9 @@ def test_buffers_come_back_byte_identical_and_their_files_go(store: SpillStore) 
     array = np.random.default_rng(1).random((3, 1000, 700), dtype=np.float32)  # ~8 MiB
     digest = hashlib.sha256(array.tobytes()).hexdigest()
     refs = [store.spill(array), store.spill(b"x" * 1000), store.spill(bytearray(b"y" * 10))]
-    assert refs[0].nbytes > CHUNK_BYTES  # more than one chunk
+    assert refs[0].nbytes > CHUNK_BYTES  # more than one chunk, and no length a page divides
+    sizes = [p.stat().st_size for p in sorted(files(store), key=lambda p: p.name)]
+    assert all(size % 4096 for size in sizes)  # O_DIRECT's padding was cut off again
     assert store.spilled_bytes == sum(r.nbytes for r in refs) and len(files(store)) == 3
     back = store.restore(refs[0])
     assert back.dtype == array.dtype and back.shape == array.shape and back.flags.writeable
@@ -181,3 +194,41 @@ def test_a_directory_that_cannot_be_made_is_a_config_error(tmp_path: Path) -> No
     blocker.write_text("not a directory")
     with pytest.raises(ConfigError, match="spill_dir"):
         SpillStore(str(blocker / "spill"), max_bytes=MIB)
+
+
+CACHED = """
+import json, sys
+import numpy as np
+from pathoai_memobs.spill_store import SpillStore
+
+def cached() -> int:  # this cgroup's page cache, in bytes (v2: "file", v1: "cache")
+    fields = dict(line.split() for line in open(sys.argv[3]))
+    return int(fields["file"] if "file" in fields else fields["cache"])
+
+store = SpillStore(sys.argv[1], max_bytes=1 << 30)
+store.direct = sys.argv[2] == "direct"
+array = np.full(96 << 20, 7, np.uint8)
+before = cached()
+ref = store.spill(array)
+after = cached()
+print(json.dumps({"grew": after - before, "direct": store.direct}))
+store.close()
+"""
+
+
+@pytest.mark.parametrize("how", ["direct", "buffered"])
+def test_a_spill_leaves_nothing_charged_in_the_page_cache(
+    how: str, tmp_path: Path, make_cgroup: Any
+) -> None:
+    """96 MiB spilled from a process in a real cgroup: its page cache grows by less than a
+    chunk or two (a spill that left its pages cached would free nothing in a container)."""
+    group = make_cgroup(1 << 30)
+    stat = str(group.path / "memory.stat")
+    proc = group.popen([sys.executable, "-c", CACHED, str(tmp_path / "spill"), how, stat],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    seen = json.loads(out)
+    assert seen["direct"] == (how == "direct")
+    assert seen["grew"] < 8 * MIB, seen
