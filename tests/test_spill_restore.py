@@ -207,3 +207,27 @@ def test_a_request_waiting_in_line_lets_its_session_be_spilled_and_books_its_res
     threads[1].join(10)
     assert seen["behind"] == (8, 600 * MIB)  # back in its hold, the restore's bytes given back
     assert m.reserved_bytes == 0 and removed == [] and len(sessions) == 2
+
+
+def test_a_session_read_back_and_spilled_again_unchanged_costs_no_second_write(
+    tmp_path: Path,
+) -> None:
+    m, sessions, _, now = setting(tmp_path, 3 * GIB)
+    sid = spilled_slide(sessions, now, mb=64)
+    store = sessions.spill_store
+    assert store is not None
+    data = sessions.get_session(sid)  # a read (a result fetched): the slide comes back
+    assert data is not None and int(data.data["slide"][0]) == 7 and store.reused == 0
+    sessions.update_session(sid, result=1)  # a small key changes; the slide does not
+    del data
+    now[0] += 60
+    assert sessions.spill_idle(1) > 63 * MIB and store.reused == 1  # its file, taken back
+    data = sessions.get_session(sid)
+    assert data is not None and data.data["result"] == 1
+    data.data["slide"][5] = 8  # changed in place: the next spill must write it
+    del data
+    now[0] += 60
+    assert sessions.spill_idle(1) > 63 * MIB and store.reused == 1
+    back = sessions.get_session(sid)
+    assert back is not None and int(back.data["slide"][5]) == 8
+    m.stop()

@@ -12,6 +12,8 @@ import os
 import stat
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +59,54 @@ def test_buffers_come_back_byte_identical_and_their_files_go(store: SpillStore) 
     assert store.restore(refs[1]) == b"x" * 1000
     assert store.restore(refs[2]) == bytearray(b"y" * 10)
     assert store.drain()  # files are unlinked in the background, off the request's path
-    assert store.spilled_bytes == 0 and files(store) == []
+    assert store.spilled_bytes == 0 and [p.name for p in files(store)] == [refs[0].name]
+    del back  # the restored array's file was kept for it; it goes with the array
+    assert wait_until(lambda: store.drain() and files(store) == [])
+    assert store.disk_bytes == 0
+
+
+def wait_until(done: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_a_restored_array_spilled_again_unchanged_is_not_written_again(
+    store: SpillStore,
+) -> None:
+    array = np.random.default_rng(2).integers(0, 255, 9 * MIB + 5, dtype=np.uint8)
+    ref = store.spill(array)
+    back = store.restore(ref)
+    (path,) = files(store)
+    written = path.stat().st_mtime_ns, path.stat().st_ino
+    again = store.spill(back)  # every chunk still seals as the file holds it
+    assert again == ref and store.reused == 1 and store.spilled_bytes == back.nbytes
+    assert (path.stat().st_mtime_ns, path.stat().st_ino) == written
+    back = store.restore(again)
+    assert np.array_equal(back, array)
+    back[9 * MIB] ^= 1  # one byte changed in place, in the last chunk
+    third = store.spill(back)
+    assert third.name != ref.name and store.reused == 1  # written anew
+    assert store.drain() and [p.name for p in files(store)] == [third.name]
+    out = store.restore(third)
+    assert int(out[9 * MIB]) == int(array[9 * MIB]) ^ 1
+    assert np.array_equal(out[: 9 * MIB], array[: 9 * MIB])
+
+
+def test_a_kept_file_makes_room_when_the_budget_needs_it(tmp_path: Path) -> None:
+    s = SpillStore(str(tmp_path / "spill"), max_bytes=12 * MIB)
+    first = s.restore(s.spill(np.ones(8 * MIB, np.uint8)))  # its file kept: 8 of 12 MiB
+    other = np.full(8 * MIB, 2, np.uint8)
+    ref = s.spill(other)  # fits only once the kept file is gone
+    assert s.disk_bytes == ref.nbytes and [p.name for p in files(s)] == [ref.name]
+    s.discard(ref)
+    assert s.drain()
+    again = s.spill(first)  # its kept file went for the room: written anew
+    assert s.reused == 0 and [p.name for p in files(s)] == [again.name]
+    s.close()
 
 
 def test_files_are_the_owners_only_and_their_names_say_nothing(store: SpillStore) -> None:
