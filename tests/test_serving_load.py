@@ -38,7 +38,7 @@ def test_without_the_library_the_service_is_oom_killed() -> None:
 
 @pytest.mark.cgroup
 def test_with_the_library_the_service_keeps_serving_and_loses_no_session() -> None:
-    r = load("library", seconds=25)
+    r = load("library", seconds=15)
     served_honestly(r)
     assert r["analyses"] >= 5, r  # it serves (0 before the session budget)
     assert r["lost"] == 0, r  # no request met a session freed under it
@@ -49,7 +49,7 @@ def test_under_gunicorn_waiting_requests_do_not_hold_the_memory_the_first_in_lin
     """Two workers, six clients each: while every worker's /analyze waited with its session
     pinned in memory, none fitted (2 analyses a minute); waiting sessions may now be
     spilled for the first in line and come back for their own request."""
-    r = load("library", seconds=18, workers=2, env={"SLIDE_MODEL_MB": "100"})
+    r = load("library", seconds=12, workers=2, env={"SLIDE_MODEL_MB": "100"})
     served_honestly(r)
     assert r["clients_per_worker"] == [6, 6], r
     assert r["analyses"] >= 6 and r["lost"] == 0, r
