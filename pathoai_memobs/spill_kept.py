@@ -31,9 +31,6 @@ class KeptFiles:
         self._ids: dict[str, tuple[int, SpillRef]] = {}  # file name -> id of its buffer, ref
         self._dead: collections.deque[str] = collections.deque()
 
-    def __len__(self) -> int:
-        return len(self._ids)
-
     def keep(self, value: Any, ref: SpillRef) -> None:
         """``value`` was read back from ``ref``'s file, which stays while ``value`` lives."""
         dead, name, told = self._dead, ref.name, self._on_gone
@@ -74,5 +71,6 @@ class KeptFiles:
         """Whether a buffer went since ``gone`` last looked."""
         return bool(self._dead)
 
-    def names(self) -> list[str]:
-        return list(self._ids)
+    def forget_all(self) -> list[SpillRef]:
+        """Stop keeping every file; their refs (to remove)."""
+        return [ref for name in list(self._ids) if (ref := self.forget(name)) is not None]

@@ -158,7 +158,7 @@ class SpillStore:
     def _drop_kept(self) -> bool:
         """Remove every kept file (they are only a saving); whether there were any."""
         with self._lock:
-            refs = [r for n in self._kept.names() if (r := self._kept.forget(n)) is not None]
+            refs = self._kept.forget_all()
             for ref in refs:
                 self._doom(ref)
         return bool(refs)
@@ -225,8 +225,9 @@ class SpillStore:
         return kept
 
     def restore(self, ref: SpillRef) -> Any:
-        """The value ``ref`` was spilled from, checked chunk by chunk; the file is removed.
-        Any mismatch, truncation or read error raises SpillCorruptError."""
+        """The value ``ref`` was spilled from, checked chunk by chunk. The file is removed,
+        or, for an ndarray, kept while the array lives (``spill_kept``). Any mismatch,
+        truncation or read error raises SpillCorruptError."""
         path = os.path.join(self.own, ref.name)
         try:
             target, into = target_of(ref)  # the value itself, filled in place
@@ -275,11 +276,8 @@ class SpillStore:
         where the lock is free (never waited for: this runs inside a deallocation)."""
         if self._lock.acquire(blocking=exiting):
             try:
-                self._collect()
-                if exiting:
-                    for name in self._kept.names():
-                        if (ref := self._kept.forget(name)) is not None:
-                            self._doom(ref)
+                for ref in self._kept.forget_all() if exiting else self._kept.gone():
+                    self._doom(ref)
             finally:
                 self._lock.release()
 
