@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import socket
@@ -50,9 +51,23 @@ def wait_until(fn: object, timeout: float = 30.0) -> None:
     raise AssertionError(f"not reached in {timeout} s (last error: {last})")
 
 
+@contextlib.contextmanager
+def explained_by(log_path: Path) -> Iterator[None]:
+    """Re-raise a failure with the tail of the server's log, which says why a worker died."""
+    try:
+        yield
+    except (AssertionError, OSError) as exc:
+        tail = log_path.read_bytes()[-4000:].decode(errors="replace")
+        raise AssertionError(f"{exc!r}\n-- gunicorn's log --\n{tail}") from exc
+
+
 @pytest.fixture
-def gunicorn(tmp_path: Path) -> Iterator[tuple[int, int, subprocess.Popen[bytes]]]:
+def gunicorn(tmp_path: Path) -> Iterator[tuple[int, int, Path]]:
+    """gunicorn -w 4 with its log in a file (a pipe nobody reads would block it once full),
+    the log's tail added to any failure so a worker's death says why."""
     app_port, metrics_port = free_port(), free_port()
+    log_path = tmp_path / "gunicorn.log"
+    log = log_path.open("wb")
     env = dict(
         os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path), PATHOAI_METRICS_PORT=str(metrics_port)
     )
@@ -73,20 +88,27 @@ def gunicorn(tmp_path: Path) -> Iterator[tuple[int, int, subprocess.Popen[bytes]
         ],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
-        wait_until(lambda: scrape(metrics_port)[("pathoai_multiprocess_workers", ())] == 4)
-        yield app_port, metrics_port, proc
+        with explained_by(log_path):
+            wait_until(lambda: scrape(metrics_port)[("pathoai_multiprocess_workers", ())] == 4)
+        yield app_port, metrics_port, log_path
     finally:
         terminate(proc, 20)
+        log.close()
 
 
 def test_four_workers_one_metrics_and_a_dead_worker_goes_away(
-    gunicorn: tuple[int, int, subprocess.Popen[bytes]],
+    gunicorn: tuple[int, int, Path],
 ) -> None:
-    app_port, metrics_port, _ = gunicorn
+    app_port, metrics_port, log_path = gunicorn
+    with explained_by(log_path):
+        _four_workers_then_one_killed(app_port, metrics_port)
+
+
+def _four_workers_then_one_killed(app_port: int, metrics_port: int) -> None:
     served: collections.Counter[int] = collections.Counter()
     for _ in range(40):
         with urllib.request.urlopen(f"http://127.0.0.1:{app_port}/session", timeout=5) as r:
