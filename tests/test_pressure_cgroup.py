@@ -184,7 +184,10 @@ def test_an_oom_kill_fires_pathoai_oom_killed_in_a_real_prometheus(
     make_cgroup: Callable[[int], MemoryCgroup], tmp_path: Path
 ) -> None:
     """The exporter serves from the cgroup; a real Prometheus with the shipped rules scrapes
-    it; a sibling is OOM-killed; PathoAIOOMKilled fires (after its minute of for:)."""
+    it; a sibling is OOM-killed; PathoAIOOMKilled fires. Its for: is scaled by 1/15 (4 s,
+    not a minute): the rule's expression is the shipped one, and promtool's unit tests hold
+    the full-length for:."""
+    from .apps.slide_stack import scaled_rules
     from .promstack import Prometheus, binary, free_port
 
     binary("prometheus")
@@ -193,7 +196,7 @@ def test_an_oom_kill_fires_pathoai_oom_killed_in_a_real_prometheus(
     workload = str(Path(__file__).parent / "workloads" / "oom_sibling.py")
     proc = group.popen([sys.executable, workload, "--serve", str(port), "--trigger", str(trigger)],
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    rules = Path(__file__).resolve().parent.parent / "alerts" / "pathoai-memory.rules.yml"
+    rules = scaled_rules(tmp_path / "rules.yml", 1 / 15)
     prom = Prometheus(tmp_path / "prom", [f"127.0.0.1:{port}"], [rules])
     try:
         prom.wait_value("pathoai_oom_kills_total", lambda v: v >= 0, 60)
