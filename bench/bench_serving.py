@@ -37,9 +37,11 @@ TRIALS_LOAD = int(os.environ.get("PATHOAI_BENCH_SERVING_TRIALS", "3"))
 TRIALS = int(os.environ.get("PATHOAI_BENCH_BURST_TRIALS", "10"))
 STACK_S = float(os.environ.get("PATHOAI_BENCH_STACK_S", "600"))
 RAW = Path(__file__).with_name("serving_runs.json")
-#: The stack run's pressure: 1440 MiB at 5 MiB/s puts 2 GiB between critical (85 %) and the
-#: floor (205 MB, 90 %).
-LEAK = {"SLIDE_LEAK_MB": "1440", "SLIDE_LEAK_MB_PER_S": "5"}
+#: The stack run's pressure: 1440 MiB puts 2 GiB between critical (85 %) and the floor
+#: (205 MB, 90 %). At 10 MiB/s the warning rung (80 %) is passed ~130 s in, and the run stays
+#: above it for ~7 minutes, past Warning's for: of 5; at 5 MiB/s it was ~260 s in, and
+#: whether Warning fired by 600 s came down to timing (it did in one run, not the next).
+LEAK = {"SLIDE_LEAK_MB": "1440", "SLIDE_LEAK_MB_PER_S": "10"}
 
 
 def _config(workers: int) -> dict[str, str]:

@@ -46,12 +46,17 @@ class Tally:
     no_retry_after: int = 0  # 503s without a Retry-After
     other_5xx: int = 0
     broken: int = 0  # connection errors: the server (or a worker) died under the client
+    broken_kinds: dict[str, int] = field(default_factory=dict)  # by exception, and route
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def note(self, what: str) -> None:
         """One more of ``what`` (lost, no_retry_after, broken), from any client thread."""
         with self.lock:
             setattr(self, what, getattr(self, what) + 1)
+
+    def count_broken(self, kind: str) -> None:
+        with self.lock:
+            self.broken_kinds[kind] = self.broken_kinds.get(kind, 0) + 1
 
     def count(self, route: str, status: int) -> None:
         with self.lock:
@@ -123,8 +128,9 @@ class Client:
                 self.conn.request(method, f"{route}?{query}")
                 response = self.conn.getresponse()
                 body = response.read()
-            except (OSError, http.client.HTTPException):
+            except (OSError, http.client.HTTPException) as exc:
                 self.tally.note("broken")
+                self.tally.count_broken(f"{type(exc).__name__} {method} {route}")
                 self.conn.close()  # a worker died: its replacement takes the client
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
                 if time.monotonic() > deadline:
@@ -291,6 +297,7 @@ def summarize(
         "oom_kills": oom,
         "alive": alive,
         "broken": tally.broken,
+        "broken_kinds": tally.broken_kinds,
         "no_retry_after": tally.no_retry_after,
         "other_5xx": tally.other_5xx,
         "statuses": tally.statuses,
