@@ -276,7 +276,10 @@ class SpillStore:
         where the lock is free (never waited for: this runs inside a deallocation)."""
         if self._lock.acquire(blocking=exiting):
             try:
-                for ref in self._kept.forget_all() if exiting else self._kept.gone():
+                if not exiting:
+                    self._collect()
+                    return
+                for ref in self._kept.forget_all():
                     self._doom(ref)
             finally:
                 self._lock.release()

@@ -67,37 +67,36 @@ def gunicorn(tmp_path: Path) -> Iterator[tuple[int, int, Path]]:
     the log's tail added to any failure so a worker's death says why."""
     app_port, metrics_port = free_port(), free_port()
     log_path = tmp_path / "gunicorn.log"
-    log = log_path.open("wb")
     env = dict(
         os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path), PATHOAI_METRICS_PORT=str(metrics_port)
     )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-w",
-            "4",
-            "-b",
-            f"127.0.0.1:{app_port}",
-            "-c",
-            "tests/apps/gunicorn_app.py",
-            "--log-level",
-            "warning",
-            "tests.apps.gunicorn_app:app",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-w",
+                "4",
+                "-b",
+                f"127.0.0.1:{app_port}",
+                "-c",
+                "tests/apps/gunicorn_app.py",
+                "--log-level",
+                "warning",
+                "tests.apps.gunicorn_app:app",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:  # the server has its own copy of the log's descriptor
         with explained_by(log_path):
             wait_until(lambda: scrape(metrics_port)[("pathoai_multiprocess_workers", ())] == 4)
         yield app_port, metrics_port, log_path
     finally:
         terminate(proc, 20)
-        log.close()
 
 
 def test_four_workers_one_metrics_and_a_dead_worker_goes_away(

@@ -45,18 +45,18 @@ class Tally:
     lost: int = 0  # a request that found its session gone
     no_retry_after: int = 0  # 503s without a Retry-After
     other_5xx: int = 0
-    broken: int = 0  # connection errors: the server (or a worker) died under the client
-    broken_kinds: dict[str, int] = field(default_factory=dict)  # by exception, and route
+    #: connection errors (the server, or a worker, died under the client) by exception and route
+    broken: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def note(self, what: str) -> None:
-        """One more of ``what`` (lost, no_retry_after, broken), from any client thread."""
+        """One more of ``what`` (lost, no_retry_after), from any client thread."""
         with self.lock:
             setattr(self, what, getattr(self, what) + 1)
 
     def count_broken(self, kind: str) -> None:
         with self.lock:
-            self.broken_kinds[kind] = self.broken_kinds.get(kind, 0) + 1
+            self.broken[kind] = self.broken.get(kind, 0) + 1
 
     def count(self, route: str, status: int) -> None:
         with self.lock:
@@ -129,7 +129,6 @@ class Client:
                 response = self.conn.getresponse()
                 body = response.read()
             except (OSError, http.client.HTTPException) as exc:
-                self.tally.note("broken")
                 self.tally.count_broken(f"{type(exc).__name__} {method} {route}")
                 self.conn.close()  # a worker died: its replacement takes the client
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
@@ -296,8 +295,8 @@ def summarize(
         "lost": tally.lost,
         "oom_kills": oom,
         "alive": alive,
-        "broken": tally.broken,
-        "broken_kinds": tally.broken_kinds,
+        "broken": sum(tally.broken.values()),
+        "broken_kinds": tally.broken,
         "no_retry_after": tally.no_retry_after,
         "other_5xx": tally.other_5xx,
         "statuses": tally.statuses,
