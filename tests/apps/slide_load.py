@@ -235,8 +235,9 @@ def run_load(
         environ = {**os.environ, "SLIDE_MODE": mode, "PYTHONPATH": str(ROOT), **(env or {})}
         if workers and ledger:
             environ["MEMORY_LEDGER_DIR"] = shared
-        if workers:  # the workaround's heavy semaphore spans the workers (lock files)
+        if workers:  # the workaround's semaphore and session cap span the workers (files)
             environ.setdefault("SLIDE_HEAVY_LOCK_DIR", shared)
+            environ.setdefault("SLIDE_SESSION_SLOTS_DIR", shared)
         spill_dir = None
         if spill and mode == "library" and "SESSION_SPILL_DIR" not in environ:
             parent = "/var/tmp" if os.path.isdir("/var/tmp") else None

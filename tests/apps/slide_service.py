@@ -5,8 +5,9 @@
   callback, a shared ledger when several workers run);
 - ``workaround``: what users write by hand today: no library, the heavy routes behind a
   semaphore of ``SLIDE_HEAVY`` (per process, or over every worker with lock files in
-  ``SLIDE_HEAVY_LOCK_DIR``) and at most ``SLIDE_SESSIONS`` live sessions per process
-  (oldest dropped);
+  ``SLIDE_HEAVY_LOCK_DIR``) and at most ``SLIDE_SESSIONS`` live sessions (oldest dropped),
+  per process, or over every worker with slot files in ``SLIDE_SESSION_SLOTS_DIR``
+  (tests/apps/workaround.py);
 - ``bare``: neither.
 
 Routes: POST /upload?mb=N stores an N MiB slide in a new session; POST /analyze?session=S
@@ -22,11 +23,8 @@ Run it as ``uvicorn tests.apps.slide_service:app`` or under gunicorn's uvicorn w
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import fcntl
 import os
-import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -37,6 +35,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.apps.workaround import FileSemaphore, HandStore
 
 MIB = 1 << 20
 MODE = os.environ.get("SLIDE_MODE", "library")
@@ -98,57 +98,6 @@ class Model:
             return self.weights
 
 
-class HandStore:
-    """The workaround's session store: a dict capped at ``limit`` (oldest dropped)."""
-
-    def __init__(self, limit: int | None) -> None:
-        self.limit = limit
-        self.lock = threading.Lock()
-        self.data: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
-
-    def create(self, slide: np.ndarray[Any, Any]) -> str:
-        sid = secrets.token_urlsafe(16)
-        with self.lock:
-            self.data[sid] = {"slide": slide}
-            while self.limit is not None and len(self.data) > self.limit:
-                self.data.popitem(last=False)
-        return sid
-
-    def get(self, sid: str) -> dict[str, Any] | None:
-        with self.lock:
-            return self.data.get(sid)
-
-    def delete(self, sid: str) -> None:
-        with self.lock:
-            self.data.pop(sid, None)
-
-
-class FileSemaphore:
-    """The workaround's heavy gate across gunicorn workers: ``n`` lock files in a shared
-    directory, one held per heavy request (what a user writes when one semaphore per
-    worker lets the workers together exceed the container)."""
-
-    def __init__(self, directory: str, n: int) -> None:
-        self.paths = [os.path.join(directory, f"heavy-{i}.lock") for i in range(n)]
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        fds = [os.open(p, os.O_RDWR | os.O_CREAT, 0o600) for p in self.paths]
-        try:
-            while True:  # the first free lock; each open file is its own lock holder
-                for fd in fds:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except BlockingIOError:
-                        continue
-                    yield
-                    return
-                time.sleep(0.01)
-        finally:
-            for fd in fds:
-                os.close(fd)  # closing drops the lock
-
-
 class GoneError(Exception):
     """The workaround's session was dropped (the library raises SessionNotFoundError)."""
 
@@ -166,7 +115,7 @@ class SlideService:
             FileSemaphore(shared, heavy).held if shared else lambda: semaphore
         )
         cap = int(os.environ.get("SLIDE_SESSIONS", "3")) if mode == "workaround" else None
-        self.hand = HandStore(cap)
+        self.hand = HandStore(cap, os.environ.get("SLIDE_SESSION_SLOTS_DIR"))
         self.lib: dict[str, Any] = {}
 
     def gate(self) -> contextlib.AbstractContextManager[Any]:
@@ -190,12 +139,11 @@ class SlideService:
     def upload(self, request: Request) -> Response:
         mb = int(request.query_params.get("mb", "200"))
         with self.gate():
-            slide = _filled(mb)
             if self.mode == "library":
                 sid = self.lib["sessions"].create_session()
-                self.lib["sessions"].update_session(sid, slide=slide)
+                self.lib["sessions"].update_session(sid, slide=_filled(mb))
             else:
-                sid = self.hand.create(slide)
+                sid = self.hand.create(lambda: _filled(mb))
         return JSONResponse({"session": sid})
 
     def analyze(self, request: Request) -> Response:
