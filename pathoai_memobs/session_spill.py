@@ -158,13 +158,14 @@ class SpillingSessions:
                 gone = self._sessions.get(session.sid) is not session
                 return gone or session.pins > 0 or session.version != version
 
-            started = time.monotonic()
+            started, reused = time.monotonic(), store.reused
             try:
                 marks = write(store, plan, stale)
             except SpillCancelledError:
                 marks = None
-            else:
-                self.spill_durations.record("spill", time.monotonic() - started)
+            else:  # timed where a file was written (not every buffer's kept file reused)
+                if store.reused - reused < len(plan):
+                    self.spill_durations.record("spill", time.monotonic() - started)
             with self._lock:
                 if marks is not None:  # written (None: given up midway)
                     committed = self._commit_spill(session, version, marks)

@@ -221,13 +221,20 @@ def test_a_session_read_back_and_spilled_again_unchanged_costs_no_second_write(
     sessions.update_session(sid, result=1)  # a small key changes; the slide does not
     del data
     now[0] += 60
+
+    def spills_timed() -> int:
+        return sum(sessions.spill_durations.snapshot()["spill"][0])
+
+    timed = spills_timed()
     assert sessions.spill_idle(1) > 63 * MIB and store.reused == 1  # its file, taken back
+    assert spills_timed() == timed  # nothing written: not timed as a spill
     data = sessions.get_session(sid)
     assert data is not None and data.data["result"] == 1
     data.data["slide"][5] = 8  # changed in place: the next spill must write it
     del data
     now[0] += 60
     assert sessions.spill_idle(1) > 63 * MIB and store.reused == 1
+    assert spills_timed() == timed + 1  # written anew, and timed
     back = sessions.get_session(sid)
     assert back is not None and int(back.data["slide"][5]) == 8
     m.stop()
