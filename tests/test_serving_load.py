@@ -87,3 +87,14 @@ def test_with_the_stack_watching_warning_and_critical_fire_and_stale_does_not() 
     assert ("PathoAIMemoryCritical", "pager") in [tuple(x) for x in r["receivers"]], r
     assert not fired[STALE] and not r["stale_pending_or_firing"], r  # a healthy monitor
     assert r["lost"] == 0, r
+
+
+def test_the_slide_service_sizes_an_analysis_by_its_slide_at_most_the_largest() -> None:
+    from .apps.slide_service import ANALYZE_MAX_MB, analyze_mb
+
+    size = analyze_mb({"a": 200, "b": 300, "c": 400})
+    assert size({"query_string": b"session=a"}) == 470
+    assert size({"query_string": b"session=b"}) == 695
+    assert size({"query_string": b"session=c"}) == ANALYZE_MAX_MB  # never above the largest
+    assert size({"query_string": b"session=gone"}) == ANALYZE_MAX_MB
+    assert size({"query_string": b""}) == ANALYZE_MAX_MB

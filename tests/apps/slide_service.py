@@ -66,9 +66,20 @@ def upload_mb(scope: Any) -> float:
     return float(_query(scope).get("mb", "300")) + 20
 
 
-#: The routes' sizes (MiB): an upload its slide; an analysis its working buffer (two
-#: slides of up to 300) and the result.
-ROUTES = {"POST /upload": upload_mb, "POST /analyze": 700.0}
+#: The largest analysis (MiB): a working buffer of two slides of up to 300, and the result.
+ANALYZE_MAX_MB = 700.0
+
+
+def analyze_mb(slides: dict[str, int]) -> Callable[[Any], float]:
+    """An analysis holds a working buffer of twice its slide and a result of a quarter:
+    2.25x the slide its upload declared (``slides``: session -> MiB) and a little more; the
+    largest where the session is not known."""
+
+    def size(scope: Any) -> float:
+        mb = slides.get(_query(scope).get("session", ""))
+        return ANALYZE_MAX_MB if mb is None else min(ANALYZE_MAX_MB, 2.25 * mb + 20)
+
+    return size
 
 
 def _filled(mb: int) -> np.ndarray[Any, Any]:
@@ -117,6 +128,11 @@ class SlideService:
         cap = int(os.environ.get("SLIDE_SESSIONS", "3")) if mode == "workaround" else None
         self.hand = HandStore(cap, os.environ.get("SLIDE_SESSION_SLOTS_DIR"))
         self.lib: dict[str, Any] = {}
+        self.slides: dict[str, int] = {}  # session -> its slide's MiB, as the upload declared
+
+    def forget(self, sid: str) -> None:
+        """A session went: its slide's size too (a removal hook)."""
+        self.slides.pop(sid, None)
 
     def gate(self) -> contextlib.AbstractContextManager[Any]:
         """The workaround's semaphore around a heavy route (nothing otherwise)."""
@@ -142,6 +158,7 @@ class SlideService:
             if self.mode == "library":
                 sid = self.lib["sessions"].create_session()
                 self.lib["sessions"].update_session(sid, slide=_filled(mb))
+                self.slides[sid] = mb
             else:
                 sid = self.hand.create(lambda: _filled(mb))
         return JSONResponse({"session": sid})
@@ -231,18 +248,20 @@ def build(mode: str = MODE) -> Starlette:
     app.state.service = service
     app.state.tiles = []  # the unbounded prefetch cache (SLIDE_LEAK_MB)
     if mode == "library":
-        _with_library(app, service.model, service.lib)
+        _with_library(app, service)
     return app
 
 
-def _with_library(app: Starlette, model: Model, lib: dict[str, Any]) -> None:
+def _with_library(app: Starlette, service: SlideService) -> None:
     """The README's set-up: config from the environment, sessions, GC, monitor, routes."""
     from pathoai_memobs import GarbageCollectionManager, MemoryConfig, MemoryMonitor
     from pathoai_memobs.integrations.asgi import MemoryAdmissionMiddleware, MemoryErrorMiddleware
     from pathoai_memobs.session_manager import SessionManager
 
+    model, lib, slides = service.model, service.lib, service.slides
     config = MemoryConfig.from_env()
     sessions = SessionManager.from_config(config)
+    sessions.on_remove(lambda sid, data, reason: service.forget(sid))
     gc_manager = GarbageCollectionManager.from_config(config)
     monitor = MemoryMonitor(config, sessions=sessions, gc_manager=gc_manager)
     monitor.register_cleanup_callback(model.drop, name="model_cache", priority=10)
@@ -251,9 +270,10 @@ def _with_library(app: Starlette, model: Model, lib: dict[str, Any]) -> None:
     app.add_middleware(
         MemoryAdmissionMiddleware,
         monitor=monitor,
-        routes=ROUTES,
+        routes={"POST /upload": upload_mb, "POST /analyze": analyze_mb(slides)},
         session=lambda scope: _query(scope).get("session"),  # pinned while it waits
     )
+    monitor.gate.budget.keep_room_for(int(ANALYZE_MAX_MB * MIB))  # sized per request
     app.add_middleware(MemoryErrorMiddleware)
     app.state.lib = lib
 
