@@ -130,8 +130,8 @@ class SlideService:
         self.lib: dict[str, Any] = {}
         self.slides: dict[str, int] = {}  # session -> its slide's MiB, as the upload declared
 
-    def forget(self, sid: str) -> None:
-        """A session went: its slide's size too (a removal hook)."""
+    def forget(self, sid: str, data: Any, reason: str) -> None:
+        """A session went: its slide's size too (the library's removal hook)."""
         self.slides.pop(sid, None)
 
     def gate(self) -> contextlib.AbstractContextManager[Any]:
@@ -261,7 +261,7 @@ def _with_library(app: Starlette, service: SlideService) -> None:
     model, lib, slides = service.model, service.lib, service.slides
     config = MemoryConfig.from_env()
     sessions = SessionManager.from_config(config)
-    sessions.on_remove(lambda sid, data, reason: service.forget(sid))
+    sessions.on_remove(service.forget)
     gc_manager = GarbageCollectionManager.from_config(config)
     monitor = MemoryMonitor(config, sessions=sessions, gc_manager=gc_manager)
     monitor.register_cleanup_callback(model.drop, name="model_cache", priority=10)
