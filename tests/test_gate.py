@@ -4,11 +4,17 @@ sizes, and a retry hint from the line."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.client
+import json
+import socket
 import threading
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -18,7 +24,8 @@ from starlette.testclient import TestClient
 from pathoai_memobs import InsufficientMemoryError, MemoryConfig, MemoryMonitor, SessionManager
 from pathoai_memobs.integrations.asgi import MemoryAdmissionMiddleware
 
-from .scripted import Scripted
+from .promstack import free_port
+from .scripted import Scripted, wait_for
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -186,3 +193,68 @@ def test_a_cancelled_async_wait_gives_its_place_in_line_up_at_once() -> None:
             assert m.admission.queue_length == 0
 
         asyncio.run(main())
+
+
+@contextlib.contextmanager
+def serving(app: Starlette) -> Iterator[int]:
+    """``app`` under a real uvicorn on 127.0.0.1 (a thread of this process): its port."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def waiting_app(m: MemoryMonitor, called: list[int]) -> Starlette:
+    async def upload(request: Request) -> JSONResponse:
+        called.append(len(await request.body()))
+        return JSONResponse({"bytes": called[-1]})
+
+    app = Starlette(routes=[Route("/upload", upload, methods=["POST"])])
+    app.add_middleware(MemoryAdmissionMiddleware, monitor=m, routes={"POST /upload": 600},
+                       wait_s=30)  # fmt: skip
+    return app
+
+
+def test_a_client_that_disconnects_while_waiting_gives_its_place_up_at_once() -> None:
+    m, _, _ = setting(1200 * MIB)
+    called: list[int] = []
+    holder = m.reserve(650)
+    holder.__enter__()
+    with serving(waiting_app(m, called)) as port:
+        gone = socket.create_connection(("127.0.0.1", port))
+        gone.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+        wait_for(lambda: m.admission.queue_length == 1)
+        gone.close()  # the tab was closed while it waited in line
+        wait_for(lambda: m.admission.queue_length == 0, 2.0)  # not after the 30 s wait
+        holder.__exit__(None, None, None)
+        time.sleep(0.2)
+        assert called == []  # nobody was there to answer: the app never ran for it
+        assert m.reserved_bytes == 0  # and nothing stays booked for it
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/upload", body=b"x" * 10)
+        assert conn.getresponse().status == 200 and called == [10]
+
+
+def test_a_request_that_waited_hands_its_whole_body_to_the_app() -> None:
+    m, _, _ = setting(1200 * MIB)
+    called: list[int] = []
+    with serving(waiting_app(m, called)) as port:
+        holder = m.reserve(650)
+        holder.__enter__()
+        threading.Timer(0.5, holder.__exit__, (None, None, None)).start()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/upload", body=b"y" * (3 * MIB))  # read while it waited
+        response = conn.getresponse()
+        assert response.status == 200 and json.loads(response.read()) == {"bytes": 3 * MIB}
+        waits = m.admission.waits  # it did wait in line, and was then admitted
+        assert sum(waits.buckets) == 1 and waits.sum_s >= 0.4 and waits.timeouts == 0

@@ -3,8 +3,10 @@ and the mapping of library errors raised anywhere in the app to HTTP answers."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, MutableMapping
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any
 
 from ..exceptions import (
@@ -48,13 +50,60 @@ class MemoryAdmissionMiddleware(AdmissionMiddlewareBase[ASGIApp]):
         )  # fmt: skip
         async with AsyncExitStack() as held:  # the reservation (and the pin) until sent
             try:
-                await held.enter_async_context(reservation)
+                app_receive = await _enter_while_connected(held, reservation, receive)
             except (SessionNotFoundError, InsufficientMemoryError, SpillCorruptError) as exc:
                 answer = error_answer(exc)  # gone, short of memory, or not read back intact
                 assert answer is not None
                 await _answer(send, answer)
                 return
-            await self.app(scope, receive, send)
+            if app_receive is None:  # the client went away while it waited: nobody to answer
+                return
+            await self.app(scope, app_receive, send)
+
+
+async def _enter_while_connected(
+    held: AsyncExitStack, reservation: AbstractAsyncContextManager[object], receive: Receive
+) -> Receive | None:
+    """Enter ``reservation`` into ``held``; where it has to wait in line, watch the client
+    meanwhile. A client that disconnects (a closed tab, a proxy's timeout) gives its place
+    up at once: it would otherwise hold the head of the line, then the memory, for nobody.
+    Returns the receive for the app (what the watch read of the body, then the rest), or
+    None where the client went away."""
+    entering = asyncio.ensure_future(held.enter_async_context(reservation))
+    await asyncio.sleep(0)  # the first look runs now: most requests are admitted by it
+    if entering.done():
+        entering.result()  # a refusal raises here
+        return receive
+    read: list[Message] = []
+    watching = asyncio.ensure_future(_until_disconnect(receive, read))
+    try:
+        await asyncio.wait({entering, watching}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # cancelled itself: neither goes on
+        entering.cancel()
+        watching.cancel()
+        raise
+    if watching.done():  # gone: leave the line (or give back what was just admitted)
+        entering.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await entering
+        watching.result()  # a receive that failed raises here
+        return None
+    watching.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watching
+    entering.result()
+
+    async def replayed() -> Message:
+        return read.pop(0) if read else await receive()
+
+    return replayed
+
+
+async def _until_disconnect(receive: Receive, read: list[Message]) -> None:
+    """Read the request until the client disconnects, keeping the body messages in ``read``
+    (once the body is in, the server answers the next receive only at a disconnect)."""
+    while (message := await receive())["type"] != "http.disconnect":
+        read.append(message)
 
 
 async def _answer(send: Send, answer: Answer) -> None:
