@@ -148,7 +148,10 @@ def run() -> tuple[list[Row], str]:
     notes = (
         f"Medians of {TRIALS_LOAD} trials of {SECONDS:.0f} s per configuration (library and "
         "workaround alternating); OOM kills and 5xx are summed over the trials; statuses of "
-        "every run in `bench/serving_runs.json`. "
+        "every run in `bench/serving_runs.json`. Only what was answered within the trial "
+        "counts: a request still unanswered when it ends is given up (before 2026-12-04 the "
+        "clients waited for those, and the analyses finished in the seconds after, up to 15 "
+        "per trial for the library, whose requests wait in line up to 10 s, were counted). "
         "Library: the slide service as the README sets it up (MemoryConfig.from_env, "
         "each request sized by what it holds: an upload its declared slide + 20 MiB, an "
         "analysis 2.25x its session's slide + 20 MiB (at most 700, declared as the largest), "

@@ -52,7 +52,7 @@ def test_under_gunicorn_waiting_requests_do_not_hold_the_memory_the_first_in_lin
     r = load("library", seconds=12, workers=2, env={"SLIDE_MODEL_MB": "100"})
     served_honestly(r)
     assert r["clients_per_worker"] == [6, 6], r
-    assert r["analyses"] >= 6 and r["lost"] == 0, r
+    assert r["analyses"] >= 4 and r["lost"] == 0, r  # 8 here: 2 a minute would be 0
 
 
 @pytest.mark.cgroup

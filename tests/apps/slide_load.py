@@ -121,19 +121,26 @@ class Client:
         self.conn = self.balancer.connect(port)
 
     def call(self, method: str, route: str, query: str, deadline: float) -> tuple[int, Any]:
-        """One request, retried after each 503 as its Retry-After says, until the deadline."""
+        """One request, retried after each 503 as its Retry-After says, until the deadline;
+        one still unanswered then is given up (the run is over: it is not counted)."""
         while True:
             started = time.monotonic()
+            if started >= deadline:
+                return 0, None
             try:
+                if self.conn.sock is None:
+                    self.conn.connect()
+                assert self.conn.sock is not None
+                self.conn.sock.settimeout(deadline - started)
                 self.conn.request(method, f"{route}?{query}")
                 response = self.conn.getresponse()
                 body = response.read()
             except (OSError, http.client.HTTPException) as exc:
-                self.tally.count_broken(f"{type(exc).__name__} {method} {route}")
-                self.conn.close()  # a worker died: its replacement takes the client
+                self.conn.close()  # a worker died (its replacement takes the client), or
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-                if time.monotonic() > deadline:
+                if time.monotonic() >= deadline:  # the run ended while this one waited
                     return 0, None
+                self.tally.count_broken(f"{type(exc).__name__} {method} {route}")
                 time.sleep(0.5)
                 continue
             self.tally.count(f"{method} {route}", response.status)
