@@ -48,18 +48,22 @@ class GpuNeed:
 
 
 class WaitStats:
-    """How long holds waited in line (a histogram over ``WAIT_BUCKETS``), and how many gave
-    up (timeouts, which are refusals too)."""
+    """How long holds waited in line (a histogram over ``WAIT_BUCKETS``), how many ran out
+    (timeouts, which are refusals too), and how many were abandoned: the wait interrupted,
+    mostly because the client went away (``gone``)."""
 
     def __init__(self) -> None:
         self.buckets = [0] * (len(WAIT_BUCKETS) + 1)
         self.sum_s = 0.0
         self.timeouts = 0
+        self.gone = 0
 
     def record(self, outcome: str, waited_s: float) -> None:
+        """One wait that ended ``admitted``, in a ``timeout`` or ``gone``."""
         self.buckets[bisect_left(WAIT_BUCKETS, waited_s)] += 1
         self.sum_s += waited_s
         self.timeouts += outcome == "timeout"
+        self.gone += outcome == "gone"
 
 
 class Admission:

@@ -150,6 +150,7 @@ class AdmissionGate:
                 yield min(left, POLL_S)
         except BaseException:  # interrupted while waiting (GeneratorExit included)
             self._admission.leave(ticket)
+            self._waited("gone", started)
             raise
         finally:
             self.freeing.waiting.pop(ticket, None)

@@ -191,6 +191,7 @@ def test_a_cancelled_async_wait_gives_its_place_in_line_up_at_once() -> None:
             with pytest.raises(asyncio.CancelledError):
                 await task
             assert m.admission.queue_length == 0
+            assert m.admission.waits.gone == 1  # pathoai_admission_abandoned_total
 
         asyncio.run(main())
 
@@ -240,6 +241,7 @@ def test_a_client_that_disconnects_while_waiting_gives_its_place_up_at_once() ->
         time.sleep(0.2)
         assert called == []  # nobody was there to answer: the app never ran for it
         assert m.reserved_bytes == 0  # and nothing stays booked for it
+        assert m.admission.waits.gone == 1 and m.admission.waits.timeouts == 0  # counted
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("POST", "/upload", body=b"x" * 10)
         assert conn.getresponse().status == 200 and called == [10]

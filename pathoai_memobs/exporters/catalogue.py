@@ -95,6 +95,7 @@ CATALOGUE: Final[tuple[Metric, ...]] = (
     Metric("pathoai_admission_queue_length", "gauge", "", (), "Reservations waiting in line for memory now.", "sum", otel=(OTel("pathoai.admission.queue.length", "{request}", "updown"),)),
     Metric("pathoai_admission_waits_total", "counter", "", (), "Reservations that waited in line, admitted or not (those that ran out are also refusals).", "sum"),
     Metric("pathoai_admission_wait_seconds_total", "counter", "seconds", (), "Seconds reservations spent waiting in line, all together (over the waits: the average wait).", "sum"),
+    Metric("pathoai_admission_abandoned_total", "counter", "", (), "Waits in line abandoned, mostly by a client that went away (a proxy timeout shorter than the wait shows here).", "sum"),
     # sessions
     Metric("pathoai_sessions_active", "gauge", "", (), "Live sessions.", "sum", otel=(OTel("pathoai.session.active", "{session}", "updown"),)),
     Metric("pathoai_sessions_created_total", "counter", "", (), "Sessions created.", "sum", otel=(OTel("pathoai.session.created", "{session}", "counter"),)),

@@ -349,6 +349,7 @@ def _admission(m: MemoryMonitor) -> Iterator[Metric]:
     yield _gauge("pathoai_admission_queue_length", a.queue_length)
     yield _counter("pathoai_admission_waits_total", sum(a.waits.buckets))
     yield _counter("pathoai_admission_wait_seconds_total", a.waits.sum_s)
+    yield _counter("pathoai_admission_abandoned_total", a.waits.gone)
 
 
 def instrument(
