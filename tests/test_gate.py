@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -260,3 +261,50 @@ def test_a_request_that_waited_hands_its_whole_body_to_the_app() -> None:
         assert response.status == 200 and json.loads(response.read()) == {"bytes": 3 * MIB}
         waits = m.admission.waits  # it did wait in line, and was then admitted
         assert sum(waits.buckets) == 1 and waits.sum_s >= 0.4 and waits.timeouts == 0
+
+
+def test_a_waiting_request_reads_at_most_a_mebibyte_of_its_body_while_watched() -> None:
+    """A large upload waiting for memory stays with the server (past the watch's 1 MiB),
+    and the app then reads all of it, in order."""
+    m, _, _ = setting(1200 * MIB)
+    holder = m.reserve(650)
+    holder.__enter__()
+    chunks = [bytes([i]) * (512 << 10) for i in range(32)]  # 16 MiB in 32 messages
+    pulled: list[int] = []
+
+    async def receive() -> Any:
+        if len(pulled) == len(chunks):
+            await asyncio.Event().wait()  # the client stays: no disconnect comes
+        pulled.append(len(pulled))
+        return {"type": "http.request", "body": chunks[len(pulled) - 1],
+                "more_body": len(pulled) < len(chunks)}  # fmt: skip
+
+    got: list[bytes] = []
+
+    async def app(scope: object, receive: Any, send: Any) -> None:
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        got.append(body)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    middleware = MemoryAdmissionMiddleware(app, monitor=m, routes={"POST /upload": 600},
+                                           wait_s=30)  # fmt: skip
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def main() -> None:
+        scope = {"type": "http", "method": "POST", "path": "/upload", "headers": [],
+                 "query_string": b""}  # fmt: skip
+        task = asyncio.create_task(middleware(scope, receive, send))
+        await asyncio.sleep(0.5)
+        assert m.admission.queue_length == 1 and len(pulled) == 2  # 1 MiB, not 16
+        holder.__exit__(None, None, None)
+        await asyncio.wait_for(task, 10)
+
+    asyncio.run(main())
+    assert got == [b"".join(chunks)] and sent[0]["status"] == 200

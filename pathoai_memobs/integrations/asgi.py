@@ -78,15 +78,16 @@ async def _enter_while_connected(
     watching = asyncio.ensure_future(_until_disconnect(receive, read))
     try:
         await asyncio.wait({entering, watching}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:  # cancelled itself: neither goes on
+        if watching.done() and not watching.result():  # a large body: wait unwatched
+            await asyncio.wait({entering})
+    except BaseException:  # cancelled itself, or a receive failed: neither goes on
         entering.cancel()
         watching.cancel()
         raise
-    if watching.done():  # gone: leave the line (or give back what was just admitted)
+    if watching.done() and watching.result():  # gone: leave the line (or give back)
         entering.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await entering
-        watching.result()  # a receive that failed raises here
         return None
     watching.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -99,11 +100,23 @@ async def _enter_while_connected(
     return replayed
 
 
-async def _until_disconnect(receive: Receive, read: list[Message]) -> None:
-    """Read the request until the client disconnects, keeping the body messages in ``read``
-    (once the body is in, the server answers the next receive only at a disconnect)."""
+#: The most of a request body the watch reads while the request waits; past it, the rest
+#: stays with the server (whose flow control stops reading from the socket) and the client
+#: is no longer watched: a request waiting for memory must not pull a slide into memory.
+WATCH_BODY_BYTES = 1 << 20
+
+
+async def _until_disconnect(receive: Receive, read: list[Message]) -> bool:
+    """Read the request, keeping its messages in ``read``, until the client disconnects
+    (True; once the body is in, the server answers the next receive only then), or the body
+    goes on past ``WATCH_BODY_BYTES`` (False)."""
+    size = 0
     while (message := await receive())["type"] != "http.disconnect":
         read.append(message)
+        size += len(message.get("body", b""))
+        if message.get("more_body", False) and size >= WATCH_BODY_BYTES:
+            return False
+    return True
 
 
 async def _answer(send: Send, answer: Answer) -> None:
