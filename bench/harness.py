@@ -34,9 +34,14 @@ class Row:
     target: str
     met: bool | None
     baseline_name: str = ""
+    #: A rate (more is better): the ratio is ours over the baseline. Otherwise a time or a
+    #: size (less is better): the baseline over ours. Either way, above 1x is ours ahead.
+    higher_is_better: bool = False
 
     @property
     def ratio(self) -> float | None:
+        if self.higher_is_better:
+            return None if not self.baseline else self.ours / self.baseline
         if self.baseline is None or self.ours == 0:
             return None
         return self.baseline / self.ours
