@@ -78,13 +78,14 @@ async def _enter_while_connected(
     watching = asyncio.ensure_future(_until_disconnect(receive, read))
     try:
         await asyncio.wait({entering, watching}, return_when=asyncio.FIRST_COMPLETED)
-        if watching.done() and not watching.result():  # a large body: wait unwatched
+        gone = watching.done() and watching.result()
+        if watching.done() and not gone:  # a large body: wait unwatched
             await asyncio.wait({entering})
     except BaseException:  # cancelled itself, or a receive failed: neither goes on
         entering.cancel()
         watching.cancel()
         raise
-    if watching.done() and watching.result():  # gone: leave the line (or give back)
+    if gone:  # leave the line (or give back what was just admitted)
         entering.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await entering

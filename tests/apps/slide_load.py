@@ -136,9 +136,11 @@ class Client:
                 response = self.conn.getresponse()
                 body = response.read()
             except (OSError, http.client.HTTPException) as exc:
-                self.conn.close()  # a worker died (its replacement takes the client), or
+                # a worker died (its replacement takes the client), or the run ended while
+                # this request waited (its socket timed out at the deadline): not counted
+                self.conn.close()
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-                if time.monotonic() >= deadline:  # the run ended while this one waited
+                if time.monotonic() >= deadline:
                     return 0, None
                 self.tally.count_broken(f"{type(exc).__name__} {method} {route}")
                 time.sleep(0.5)
